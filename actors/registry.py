@@ -1,0 +1,26 @@
+"""Stage kinds by name, as configs refer to them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from actors.base import Stage
+from actors.prefilter import Prefilter
+from actors.simulate import SimulatedEngineStage
+from actors.normalize import NormalizeStage
+
+STAGE_KINDS: dict[str, type[Stage]] = {
+    cls.kind: cls for cls in (Prefilter, NormalizeStage, SimulatedEngineStage)
+}
+
+
+def stage_class(kind: str) -> type[Stage]:
+    try:
+        return STAGE_KINDS[kind]
+    except KeyError:
+        raise KeyError(f"unknown stage kind {kind!r}; known kinds: {', '.join(sorted(STAGE_KINDS))}") from None
+
+
+def build_stage(kind: str, name: str, params: dict[str, Any], run_seed: int) -> Stage:
+    cls = stage_class(kind)
+    return cls(name, cls.Params.model_validate(params), run_seed)

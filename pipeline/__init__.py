@@ -1,0 +1,1 @@
+"""The driver: config, run plan, scheduler on Ray, exports, status and the CLI."""

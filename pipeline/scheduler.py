@@ -1,0 +1,255 @@
+"""Streams micro-batches of every stage through per-stage pools of Ray actors.
+
+The driver holds only bookkeeping (which parts of which shards are committed or in
+flight), never rows. A shard of a stage becomes active once the same shard of the stage
+before it is sealed, so stages overlap; at most `max_shards_in_flight` shards per stage are
+active (backpressure). Each actor has up to `parts_in_flight_per_actor` micro-batches
+queued so it never idles between calls. A call past its deadline restarts its actor; a
+dead actor's calls are re-dispatched; a part that keeps failing stops the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from actors.worker import PartRunner, StageSpec
+from pipeline.config import Resources
+from pipeline.plan import seal_from_commits
+from storage.markers import PartCommit, ShardSeal
+from storage.rundir import CommitRefused, RunDir
+
+log = logging.getLogger(__name__)
+
+
+class PipelineError(RuntimeError):
+    """The run cannot go on; the message says why and what to do."""
+
+
+class EngineLoadError(PipelineError):
+    """A stage's actors could not start (typically its engine failed to load)."""
+
+
+@dataclass
+class _Shard:
+    shard: int
+    parts: int
+    upstream_parts: int
+    pending: deque[int]
+    commits: dict[int, PartCommit]
+    in_flight: set[int] = field(default_factory=set)
+    attempts: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Call:
+    stage: "_StagePool"
+    actor: int
+    shard: int
+    part: int
+    deadline: float
+
+
+@dataclass
+class _StagePool:
+    spec: StageSpec
+    resources: Resources
+    actors: list[Any]
+    sealed: dict[int, ShardSeal]
+    queued: list[int] = field(default_factory=list)  # calls queued per actor
+    actor_free_at: list[float] = field(default_factory=list)
+    active: dict[int, _Shard] = field(default_factory=dict)
+    parts_run: int = 0
+    rows_run: int = 0
+
+
+ProgressCallback = Callable[[str, PartCommit | ShardSeal], None]
+
+
+class Scheduler:
+    def __init__(
+        self,
+        rundir: RunDir,
+        specs: list[StageSpec],
+        resources: dict[str, Resources],
+        upstream_seals: dict[int, ShardSeal],
+        num_shards: int,
+        *,
+        fence: str | None,
+        session: str,
+        on_progress: ProgressCallback | None = None,
+    ):
+        self.rundir = rundir
+        self.num_shards = num_shards
+        self.fence = fence
+        self.session = session
+        self.on_progress = on_progress or (lambda stage, event: None)
+        self.ingest_seals = upstream_seals
+        self.pools: list[_StagePool] = []
+        self.calls: dict[ray.ObjectRef, _Call] = {}
+        self.ready: dict[ray.ObjectRef, _StagePool] = {}
+        for spec in specs:
+            res = resources[spec.name]
+            actor_cls = ray.remote(PartRunner).options(
+                num_cpus=res.num_cpus,
+                num_gpus=res.num_gpus,
+                max_restarts=-1,
+                max_task_retries=0,
+                name=None,
+            )
+            actors = [actor_cls.remote(rundir.uri, spec, fence, session) for _ in range(res.actors)]
+            pool = _StagePool(spec, res, actors, rundir.seals(spec.name))
+            pool.queued = [0] * len(actors)
+            pool.actor_free_at = [0.0] * len(actors)
+            self.pools.append(pool)
+            for actor in actors:
+                self.ready[actor.ready.remote()] = pool
+
+    # -- bookkeeping -------------------------------------------------------------------
+    def _upstream_sealed(self, index: int) -> dict[int, ShardSeal]:
+        return self.ingest_seals if index == 0 else self.pools[index - 1].sealed
+
+    def _activate(self, index: int) -> None:
+        pool = self.pools[index]
+        upstream = self._upstream_sealed(index)
+        for shard in sorted(upstream):
+            if len(pool.active) >= pool.resources.max_shards_in_flight:
+                return
+            if shard in pool.sealed or shard in pool.active:
+                continue
+            rows = upstream[shard].rows_out
+            parts = -(-rows // pool.spec.micro_batch_size)
+            commits = {p: c for (s, p), c in self.rundir.commits(pool.spec.name, shard).items() if c.fingerprint == pool.spec.fingerprint}
+            pending = deque(p for p in range(parts) if p not in commits)
+            pool.active[shard] = _Shard(shard, parts, upstream[shard].parts, pending, commits)
+            self._seal_if_done(pool, pool.active[shard])
+
+    def _seal_if_done(self, pool: _StagePool, work: _Shard) -> None:
+        if len(work.commits) < work.parts:
+            return
+        commits = [work.commits[p] for p in range(work.parts)]
+        seal = seal_from_commits(pool.spec.name, work.shard, pool.spec.fingerprint, commits)
+        self.rundir.seal(seal)
+        pool.sealed[work.shard] = seal
+        del pool.active[work.shard]
+        self.on_progress(pool.spec.name, seal)
+
+    def _dispatch(self, pool: _StagePool) -> None:
+        limit = pool.resources.parts_in_flight_per_actor
+        for work in list(pool.active.values()):
+            while work.pending:
+                actor = min(range(len(pool.actors)), key=lambda a: pool.queued[a])
+                if pool.queued[actor] >= limit:
+                    return
+                part = work.pending.popleft()
+                ref = pool.actors[actor].run_part.remote(work.shard, part, work.upstream_parts)
+                # A queued call's clock starts when the calls ahead of it are due.
+                start = max(time.monotonic(), pool.actor_free_at[actor])
+                deadline = start + pool.resources.batch_timeout_s
+                pool.actor_free_at[actor] = deadline
+                pool.queued[actor] += 1
+                work.in_flight.add(part)
+                self.calls[ref] = _Call(pool, actor, work.shard, part, deadline)
+
+    def done(self) -> bool:
+        return all(len(p.sealed) == self.num_shards for p in self.pools)
+
+    # -- results -----------------------------------------------------------------------
+    def _finish_call(self, ref: ray.ObjectRef) -> None:
+        call = self.calls.pop(ref)
+        pool, work = call.stage, call.stage.active[call.shard]
+        pool.queued[call.actor] -= 1
+        if pool.queued[call.actor] == 0:
+            pool.actor_free_at[call.actor] = 0.0
+        work.in_flight.discard(call.part)
+        try:
+            commit: PartCommit = ray.get(ref)
+        except RayActorError as exc:
+            self._retry(pool, work, call.part, f"its actor died ({type(exc).__name__})")
+            return
+        except RayTaskError as exc:
+            if isinstance(exc.cause, CommitRefused):
+                raise PipelineError(str(exc.cause)) from None
+            self._retry(pool, work, call.part, f"{type(exc.cause).__name__}: {exc.cause}")
+            return
+        work.commits[call.part] = commit
+        pool.parts_run += 1
+        pool.rows_run += commit.rows_in
+        self.on_progress(pool.spec.name, commit)
+        self._seal_if_done(pool, work)
+
+    def _retry(self, pool: _StagePool, work: _Shard, part: int, why: str) -> None:
+        attempts = work.attempts[part] = work.attempts.get(part, 0) + 1
+        log.warning("%s shard %d part %d failed (attempt %d): %s", pool.spec.name, work.shard, part, attempts, why)
+        if attempts >= pool.resources.max_part_attempts:
+            raise PipelineError(
+                f"stage {pool.spec.name}: shard {work.shard} part {part} failed {attempts} times; "
+                f"last error: {why}. Fix the cause, then `speechmed resume {self.rundir.uri}` "
+                f"redoes only what is not committed."
+            )
+        work.pending.appendleft(part)
+
+    def _check_ready(self, ref: ray.ObjectRef) -> None:
+        pool = self.ready.pop(ref)
+        try:
+            ray.get(ref)
+        except RayActorError as exc:
+            raise EngineLoadError(
+                f"stage {pool.spec.name} ({pool.spec.kind}): its actor could not start: "
+                f"{_root_cause(exc)}"
+            ) from None
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for ref, call in list(self.calls.items()):
+            if call.deadline < now and call.stage.queued[call.actor] > 0:
+                log.warning("%s shard %d part %d passed its %.0fs timeout; restarting its actor",
+                            call.stage.spec.name, call.shard, call.part, call.stage.resources.batch_timeout_s)
+                ray.kill(call.stage.actors[call.actor], no_restart=False)
+                # Its calls now fail with RayActorError and are re-dispatched; stop the
+                # clock so the same actor is not killed twice for one hang.
+                for other in self.calls.values():
+                    if other.stage is call.stage and other.actor == call.actor:
+                        other.deadline = float("inf")
+
+    # -- main loop ---------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            while not self.done():
+                for index, pool in enumerate(self.pools):
+                    self._activate(index)
+                    self._dispatch(pool)
+                waiting = list(self.ready) + list(self.calls)
+                if not waiting:
+                    if self.done():
+                        break
+                    raise PipelineError("scheduler stalled: nothing in flight but stages unfinished (a bug)")
+                next_deadline = min((c.deadline for c in self.calls.values()), default=float("inf"))
+                timeout = max(0.0, min(next_deadline - time.monotonic(), 5.0))
+                finished, _ = ray.wait(waiting, num_returns=1, timeout=timeout)
+                if finished:
+                    finished, _ = ray.wait(waiting, num_returns=len(waiting), timeout=0)
+                for ref in finished:
+                    if ref in self.ready:
+                        self._check_ready(ref)
+                    else:
+                        self._finish_call(ref)
+                self._expire()
+        finally:
+            for pool in self.pools:
+                for actor in pool.actors:
+                    ray.kill(actor, no_restart=True)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The last line of the original error, without Ray's wrapping."""
+    text = str(exc).strip().splitlines()
+    errors = [line.strip() for line in text if "Error" in line and ":" in line]
+    return errors[-1] if errors else (text[-1] if text else type(exc).__name__)

@@ -1,0 +1,1 @@
+"""Versioned prompt templates (data files) and their loader; the LLM stages add them."""

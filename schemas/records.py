@@ -1,0 +1,112 @@
+"""The record types that flow between stages, one pydantic model each.
+
+Their Arrow schemas are derived (`schemas.arrow.arrow_schema`), never written by hand.
+Vocabulary: a *dialogue* is a list of turns between a patient and a doctor; roles are
+normalised at ingest (ShareGPT's human/user → patient, gpt/assistant → doctor).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Role = Literal["patient", "doctor"]
+Gender = Literal["male", "female", "unknown"]
+AgeGroup = Literal["child", "young_adult", "adult", "elderly", "unknown"]
+# What happens to a source record downstream (SOURCES.md / issue 3).
+Treatment = Literal["knowledge_qa", "consultation", "safety", "cough"]
+
+
+class Record(BaseModel):
+    """Base of every stored record: immutable, unknown fields refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Turn(Record):
+    role: Role
+    text: str
+    # The same turn made speakable for TTS (units, digits, symbols → Chinese words);
+    # None until the normalise stage has run.
+    speech_text: str | None = None
+
+
+class SourceDialogue(Record):
+    """One dialogue as read from a source corpus, with a stable id."""
+
+    id: str = Field(description="stable id derived from (source, source_key), never a position")
+    source: str
+    source_key: str = Field(description="the record's key in its corpus (upstream id, file:line, ...)")
+    treatment: Treatment = "consultation"
+    category: str | None = None
+    subcategory: str | None = None
+    gender: Gender = "unknown"
+    age: int | None = None
+    turns: list[Turn]
+
+
+class FilterVerdict(Record):
+    id: str
+    keep: bool
+    reason: str
+    raw_output: str
+
+
+class Rewrite(Record):
+    id: str
+    prompt_fingerprint: str
+    turns: list[Turn]
+    raw_output: str
+
+
+class Demographics(Record):
+    id: str
+    gender: Gender
+    age_group: AgeGroup
+    raw_output: str
+
+
+class VoiceReference(Record):
+    """One reference clip of the voice pool (Aishell-2/3)."""
+
+    clip_id: str
+    speaker_id: str
+    corpus: str
+    gender: Gender
+    age_group: AgeGroup
+    accent: str | None = None
+    duration_s: float
+    transcript: str
+    path: str
+
+
+class AudioData(Record):
+    """The Hugging Face `Audio` storage layout: encoded bytes plus an optional path."""
+
+    bytes: bytes
+    path: str | None = None
+
+
+class SynthesizedTurn(Record):
+    id: str = Field(description="<dialogue id>-<turn index>")
+    dialogue_id: str
+    turn_index: int
+    text: str
+    audio: AudioData
+    sample_rate: int
+    duration_s: float
+    engine: str
+    voice_clip_id: str | None = None
+    seed: int
+
+
+class Rejection(Record):
+    """A record a stage would not pass on, kept with why (nothing is silently dropped)."""
+
+    id: str
+    stage: str
+    reason: str = Field(description="a stable reason code, e.g. 'prefilter.too_short'")
+    detail: str = ""
+    raw_output: str | None = None
+    record_json: str = Field(description="the input record as JSON, so it can be inspected or re-fed")

@@ -1,0 +1,1 @@
+"""Persistence: run directory layout, atomic part commits, seals, lock, manifest, verify."""
