@@ -11,9 +11,13 @@ from schemas import SourceDialogue
 # Requests a voice consultation cannot serve: the patient wants to show or send something.
 # Kept as data (regexes) so a user can extend them in the config.
 DEFAULT_VOICE_IMPOSSIBLE = (
-    r"(发|传|上传|拍|看看?|看一下)(一?下|了|给你|给您)?.{0,6}(图片|照片|相片|截图|图像|片子|视频)",
-    r"(图片|照片|截图|图像)(在|已)?(上面|下面|发|传)",
+    r"(发|传|上传|拍|看看?|看一下)(一?下|了|给你|给您)?.{0,6}(图片|照片|相片|截图|图像|视频)",
+    # 片子 (an X-ray film) only when it is to be sent or looked at: "拍了片子" (had an X-ray)
+    # and "发烧…片子" (the 发 of 发烧) are ordinary history.
+    r"(传|上传|看看|看一下|看下)(一?下|了|给你|给您)?.{0,6}片子",
+    r"(图片|照片|截图|图像|片子)(在|已)?(上面|下面|发|传)",
     r"(填|填写)(一?下)?.{0,4}(表|表格|问卷)",
+    r"(表格|问卷)(帮我|给我)?填(写)?(一?下|好)",
     r"(点|点击|打开)(一?下)?.{0,4}(链接|网址)",
     r"(发|共享|分享)(一?下)?.{0,4}(定位|位置)",
     r"https?://|www\.",

@@ -43,12 +43,14 @@ class _Stream:
     def __init__(self, stream: BinaryIO):
         self._stream = stream
         head = stream.read(3)
-        self._head = (head[3:] if head.startswith(b"\xef\xbb\xbf") else head) or stream.read(1)
-        while self._head[:1].isspace():
-            self._head = self._head[1:] or stream.read(1)
+        head = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
+        # Leading whitespace is kept (it holds newlines that JSON-lines numbering counts).
+        while not head.strip() and (more := stream.read(1)):
+            head += more
+        self._head = head
 
     def peek(self) -> bytes:
-        return self._head[:1]
+        return self._head.lstrip()[:1]
 
     def read(self, size: int = -1) -> bytes:
         if size == 0:  # ijson probes read(0) to tell bytes from text
@@ -111,7 +113,7 @@ def _read_array(source: str, path: str, treatment: Treatment, stream: Any) -> It
         for index, obj in enumerate(ijson.items(stream, "item", use_float=True)):
             yield _map_sharegpt(obj, source, treatment, f"{path} record {index}")
     except (ijson.JSONError, UnicodeDecodeError) as exc:
-        where = f"{path} after record {index}"
+        where = f"{path} after record {index}" if index >= 0 else f"{path} before its first record"
         yield SourceItem(
             where,
             reason="ingest.unreadable_file",

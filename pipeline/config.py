@@ -12,11 +12,15 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from actors.registry import STAGE_KINDS, stage_class
 from actors.sources import SOURCE_FORMATS
 from schemas import Treatment
 from storage.fs import exists, resolve
+
+
+PARAMS_ERROR = "stage_params"
 
 
 class ConfigError(ValueError):
@@ -89,7 +93,11 @@ class StageConfig(_Strict):
         try:
             params_model.model_validate(value)
         except ValidationError as exc:
-            raise ValueError("; ".join(_describe(e, params_model) for e in exc.errors())) from None
+            # One problem per parameter, each under its own key path (`parse_config` expands
+            # them): (key path inside params, what is wrong).
+            problems = [[list(e["loc"]), _what(e, params_model)] for e in exc.errors()]
+            summary = "; ".join(f"{_key_path(tuple(loc))}: {what}" for loc, what in problems)
+            raise PydanticCustomError(PARAMS_ERROR, "{summary}", {"summary": summary, "problems": problems}) from None
         return value
 
 
@@ -139,20 +147,28 @@ def _model_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseMo
     return current
 
 
-def _describe(error: Any, model: type[BaseModel]) -> str:
+def _what(error: Any, model: type[BaseModel]) -> str:
+    """What is wrong, without where."""
     loc = tuple(error["loc"])
-    where = _key_path(loc)
     if error["type"] == "extra_forbidden":
         holder = _model_at(model, loc)
         allowed = f" (allowed: {', '.join(holder.model_fields)})" if holder else ""
-        return f"{where}: unknown key{allowed}"
+        return f"unknown key{allowed}"
     if error["type"] == "missing":
-        return f"{where}: required key is missing"
+        return "required key is missing"
     message = error["msg"].removeprefix("Value error, ")
     value = error.get("input")
     plain = not isinstance(value, (dict, list)) and value is not None
     shown = f" (got {value!r})" if plain and str(value) not in message else ""
-    return f"{where}: {message}{shown}"
+    return f"{message}{shown}"
+
+
+def _describe(error: Any, model: type[BaseModel]) -> list[str]:
+    """`key.path: what is wrong`, one line per problem (a stage's params may hold several)."""
+    loc = tuple(error["loc"])
+    if error["type"] == PARAMS_ERROR:
+        return [f"{_key_path((*loc, *inner))}: {what}" for inner, what in error["ctx"]["problems"]]
+    return [f"{_key_path(loc)}: {_what(error, model)}"]
 
 
 def parse_config(raw: Any, *, base_dir: str | None, origin: str) -> PipelineConfig:
@@ -162,7 +178,7 @@ def parse_config(raw: Any, *, base_dir: str | None, origin: str) -> PipelineConf
     try:
         return PipelineConfig.model_validate(raw, context={"base_dir": base_dir})
     except ValidationError as exc:
-        lines = [f"{origin}: {_describe(e, PipelineConfig)}" for e in exc.errors()]
+        lines = [f"{origin}: {line}" for e in exc.errors() for line in _describe(e, PipelineConfig)]
         raise ConfigError("\n".join(lines)) from None
 
 

@@ -10,8 +10,9 @@ from collections.abc import Iterator
 
 import ray
 
-# Keep a local Ray on 127.0.0.1, and off token auth a stray ~/.ray/auth_token would turn on
-# (../shared/ENVIRONMENT.md). Users who configure auth set RAY_AUTH_MODE themselves.
+# What a private local Ray (and the tests' cluster) needs: loopback only, and no token auth
+# (a stray ~/.ray/auth_token would otherwise turn it on; ../shared/ENVIRONMENT.md). Against a
+# real cluster the user's own RAY_AUTH_MODE applies.
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
 
 
@@ -22,8 +23,6 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     if ray.is_initialized():
         yield
         return
-    for key, value in LOOPBACK_ENV.items():
-        os.environ.setdefault(key, value)
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=False)
@@ -32,6 +31,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         finally:
             ray.shutdown()
         return
+    for key, value in LOOPBACK_ENV.items():
+        os.environ.setdefault(key, value)
     temp_dir = tempfile.mkdtemp(prefix="speechmed-ray-")
     ray.init(
         num_cpus=num_cpus,

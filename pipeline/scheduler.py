@@ -55,6 +55,7 @@ class _Call:
     shard: int
     part: int
     deadline: float
+    timed_out: bool = False
 
 
 @dataclass
@@ -172,7 +173,9 @@ class Scheduler:
         try:
             commit: PartCommit = ray.get(ref)
         except RayActorError as exc:
-            self._retry(pool, work, call.part, f"its actor died ({type(exc).__name__})")
+            why = (f"timed out after {pool.resources.batch_timeout_s:.0f}s (batch_timeout_s)"
+                   if call.timed_out else f"its actor died ({type(exc).__name__})")
+            self._retry(pool, work, call.part, why)
             return
         except RayTaskError as exc:
             if isinstance(exc.cause, CommitRefused):
@@ -209,7 +212,8 @@ class Scheduler:
     def _expire(self) -> None:
         now = time.monotonic()
         for ref, call in list(self.calls.items()):
-            if call.deadline < now and call.stage.queued[call.actor] > 0:
+            if call.deadline < now:
+                call.timed_out = True
                 log.warning("%s shard %d part %d passed its %.0fs timeout; restarting its actor",
                             call.stage.spec.name, call.shard, call.part, call.stage.resources.batch_timeout_s)
                 ray.kill(call.stage.actors[call.actor], no_restart=False)

@@ -1,0 +1,209 @@
+"""`speechmed`: a thin command line over the driver, status, manifest and verify functions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pipeline.config import ConfigError, PipelineConfig, load_config
+from pipeline.driver import RunResult, execute, load_run_config
+from pipeline.plan import INGEST
+from pipeline.scheduler import PipelineError
+from pipeline.status import run_status
+from storage.lock import RunLocked
+from storage.manifest import write_manifest
+from storage.markers import ShardSeal
+from storage.rundir import RunDir
+from storage.verify import verify
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+out = Console()
+err = Console(stderr=True)
+
+RunUri = Annotated[str, typer.Option("--run", help="run directory: a local path or a pyarrow.fs URI (s3://...)")]
+Address = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address; default $RAY_ADDRESS, else a local Ray")]
+AsJson = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
+
+EXIT_FAILED, EXIT_USAGE = 1, 2
+
+
+def _fail(message: str, code: int) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _execute(config: PipelineConfig, uri: str, command: str, address: str | None, as_json: bool) -> RunResult:
+    stages = [INGEST, *(s.name for s in config.stages)]
+    with Progress(TextColumn("{task.description:>12}"), BarColumn(), MofNCompleteColumn(), TextColumn("shards"),
+                  TimeElapsedColumn(), console=err, disable=as_json, transient=False) as progress:
+        tasks = {name: progress.add_task(name, total=config.num_shards) for name in stages}
+
+        def on_progress(stage: str, event: object) -> None:
+            if isinstance(event, ShardSeal):
+                progress.advance(tasks[stage])
+
+        progress.update(tasks[INGEST], completed=len(RunDir(uri).seals(INGEST)) if RunDir(uri).exists() else 0)
+        try:
+            result = execute(config, uri, command=command, ray_address=address, on_progress=on_progress)
+        except RunLocked as exc:
+            _fail(str(exc), EXIT_FAILED)
+        except PipelineError as exc:
+            _fail(f"{exc}", EXIT_FAILED)
+        for name in stages:
+            progress.update(tasks[name], completed=config.num_shards)
+    return result
+
+
+def _report(result: RunResult, uri: str, as_json: bool) -> None:
+    if as_json:
+        out.print_json(json.dumps({"run": uri, **result.__dict__}))
+        return
+    if result.invalidated:
+        out.print(f"re-ran changed stages and those after them: {', '.join(result.invalidated)}")
+    if result.cleaned:
+        out.print(f"removed {result.cleaned} uncommitted leftover file(s)")
+    _print_status(uri)
+    for name, rows in result.exports.items():
+        out.print(f"exported [bold]{name}[/bold]: {rows} rows in {uri}/datasets/{name}/")
+    out.print(f"done in {result.elapsed_s:.1f}s")
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="pipeline config (YAML)")],
+    run_uri: RunUri,
+    address: Address = None,
+    as_json: AsJson = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run a pipeline into a run directory; on an existing run, redo only what changed."""
+    _logging(verbose)
+    try:
+        cfg = load_config(str(config))
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    result = _execute(cfg, run_uri, f"speechmed run {config} --run {run_uri}", address, as_json)
+    _report(result, run_uri, as_json)
+
+
+@app.command()
+def resume(
+    run_uri: Annotated[str, typer.Argument(help="run directory")],
+    address: Address = None,
+    as_json: AsJson = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Finish an interrupted run with its recorded config; committed work is kept."""
+    _logging(verbose)
+    try:
+        cfg = load_run_config(RunDir(run_uri))
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc), EXIT_USAGE)
+    result = _execute(cfg, run_uri, f"speechmed resume {run_uri}", address, as_json)
+    _report(result, run_uri, as_json)
+
+
+def _fmt_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    return f"{seconds / 3600:.1f}h" if seconds >= 3600 else f"{seconds:.0f}s"
+
+
+def _print_status(uri: str) -> None:
+    status = run_status(RunDir(uri))
+    table = Table(title=f"{uri} — {'running: ' + status.holder if status.running else 'not running'}")
+    for column in ("stage", "shards", "in", "out", "rejected", "rows/s", "ETA"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for s in status.stages:
+        table.add_row(s.name, f"{s.shards_sealed}/{s.shards}", str(s.rows_in), str(s.rows_out), str(s.rows_rejected),
+                      f"{s.rows_per_s:.1f}" if s.rows_per_s else "-", "done" if s.done else _fmt_eta(s.eta_s))
+    out.print(table)
+
+
+@app.command()
+def status(run_uri: Annotated[str, typer.Argument(help="run directory")], as_json: AsJson = False) -> None:
+    """Per-stage progress, throughput and ETA, read from the run directory."""
+    try:
+        if as_json:
+            out.print_json(json.dumps(run_status(RunDir(run_uri)).to_dict()))
+        else:
+            _print_status(run_uri)
+    except FileNotFoundError as exc:
+        _fail(str(exc), EXIT_USAGE)
+
+
+@app.command()
+def manifest(run_uri: Annotated[str, typer.Argument(help="run directory")], as_json: AsJson = False) -> None:
+    """Rebuild manifest.parquet from the commit markers and summarise it."""
+    rundir = RunDir(run_uri)
+    info = rundir.run_info()
+    if info is None:
+        _fail(f"{run_uri} is not a speechmed run (no run.json)", EXIT_USAGE)
+    table = write_manifest(rundir, list(info.fingerprints))
+    summary = run_status(rundir).to_dict()
+    summary["manifest"] = f"{run_uri}/manifest.parquet"
+    summary["parts"] = table.num_rows
+    summary["bytes"] = sum(table.column("bytes").to_pylist())
+    if as_json:
+        out.print_json(json.dumps(summary))
+        return
+    _print_status(run_uri)
+    for stage in summary["stages"]:
+        for reason, n in sorted(stage["rejected_by_reason"].items()):
+            out.print(f"  {stage['name']}: {n} rejected as {reason}")
+    out.print(f"manifest: {summary['parts']} parts, {summary['bytes']} bytes → {summary['manifest']}")
+
+
+@app.command(name="verify")
+def verify_cmd(run_uri: Annotated[str, typer.Argument(help="run directory")], as_json: AsJson = False) -> None:
+    """Check every file against its marker; exit 1 on any mismatch."""
+    rundir = RunDir(run_uri)
+    if not rundir.exists():
+        _fail(f"{run_uri} is not a speechmed run (no run.json)", EXIT_USAGE)
+    problems = verify(rundir)
+    if as_json:
+        out.print_json(json.dumps({"run": run_uri, "ok": not problems, "problems": [str(p) for p in problems]}))
+    else:
+        for p in problems:
+            out.print(f"[red]✗[/red] {p}", highlight=False)
+        out.print("[green]ok[/green]: every file matches its marker" if not problems else f"{len(problems)} problem(s)")
+    if problems:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def demo(
+    run_uri: Annotated[str, typer.Option("--run", help="run directory")] = "runs/demo",
+    address: Address = None,
+    as_json: AsJson = False,
+) -> None:
+    """Run the whole pipeline on the bundled sample with a local Ray and CPU engines."""
+    _logging(False)
+    config_path = files("pipeline") / "demo" / "demo.yaml"
+    cfg = load_config(str(config_path))
+    result = _execute(cfg, run_uri, f"speechmed demo --run {run_uri}", address, as_json)
+    _report(result, run_uri, as_json)
+    if not as_json:
+        out.print(f"load it: datasets.load_dataset('{run_uri}/datasets/SampleDialogues')")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Shared fixtures: one real Ray cluster on loopback for the session, and small inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.raycluster import LOOPBACK_ENV
+
+# Before anything imports ray in this process (pipeline/__init__ sets the loopback one).
+for _key, _value in LOOPBACK_ENV.items():
+    os.environ.setdefault(_key, _value)
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "pipeline" / "demo" / "sample_consultations.json"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> Iterator[str]:
+    """A real `ray start --head` on 127.0.0.1, private temp dir, stopped at the end."""
+    env = {**os.environ, **LOOPBACK_ENV}
+    temp = tempfile.mkdtemp(prefix="smray-")  # short: Ray's socket paths have a length limit
+    port = _free_port()
+    subprocess.run(
+        ["ray", "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+         "--include-dashboard=false", "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats"],
+        env=env, check=True, capture_output=True,
+    )
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_connected(ray_address: str) -> Iterator[str]:
+    """This test process joined to the session's cluster (drivers run in-process)."""
+    import ray
+
+    ray.init(address=ray_address, log_to_driver=False)
+    try:
+        yield ray_address
+    finally:
+        ray.shutdown()
+
+
+def write_dialogues(path: Path, n: int, *, bad_every: int = 0) -> Path:
+    """A ShareGPT file of `n` short, original Chinese consultations; every `bad_every`-th
+    asks to upload a photo (the prefilter rejects it)."""
+    records = []
+    for i in range(n):
+        ask = "我把化验单照片发给你看看。" if bad_every and i % bad_every == 0 else f"我最近{i % 7 + 2}天总是头疼，量血压150/95mmHg。"
+        records.append({
+            "id": f"dlg-{i:06d}",
+            "conversations": [
+                {"from": "human", "value": f"医生您好，{ask}"},
+                {"from": "gpt", "value": "头疼时有没有恶心或者看东西模糊？平时睡眠怎么样？"},
+                {"from": "human", "value": "偶尔恶心，睡得不太好，每天睡5个小时。"},
+                {"from": "gpt", "value": "建议到心内科复查血压，必要时做头部CT，规律作息。"},
+            ],
+        })
+    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def pipeline_config(source: Path, *, stages: list[dict], num_shards: int = 4, seed: int = 7,
+                    exports: list[dict] | None = None, part_size: int = 64) -> dict:
+    """A config mapping (as YAML would give) over one ShareGPT source."""
+    return {
+        "seed": seed,
+        "num_shards": num_shards,
+        "ingest_part_size": part_size,
+        "sources": [{"name": "test", "format": "sharegpt", "path": str(source)}],
+        "stages": stages,
+        "exports": exports or [],
+    }

@@ -1,0 +1,183 @@
+"""The pipeline on a real Ray cluster: end to end, reconciliation, fingerprints, faults
+inside a run (an actor killed mid-shard, bad rows, a hang, an engine that cannot load)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import parse_config
+from pipeline.driver import execute
+from pipeline.plan import INGEST
+from pipeline.scheduler import EngineLoadError, PipelineError
+from pipeline.status import run_status
+from storage.rundir import RunDir
+from storage.verify import verify
+from tests.conftest import REPO, pipeline_config, write_dialogues
+
+pytestmark = pytest.mark.usefixtures("ray_connected")
+
+
+def _stage(name: str, kind: str, batch: int = 8, actors: int = 2, **params: object) -> dict:
+    return {"name": name, "kind": kind, "params": params, "micro_batch_size": batch,
+            "resources": {"actors": actors, "num_cpus": 0.25, "batch_timeout_s": 60}}
+
+
+def _run(cfg: dict, run: Path, **kwargs: object):
+    return execute(parse_config(cfg, base_dir=None, origin="test"), str(run), command="pytest", **kwargs)
+
+
+def _output_ids(run: Path, stage: str) -> list[str]:
+    """Every id in every committed part of a stage (duplicates kept, to be counted)."""
+    rundir = RunDir(str(run))
+    ids: list[str] = []
+    for commit in rundir.commits(stage).values():
+        ids += pq.read_table(rundir.abs(commit.output.path), columns=["id"]).column("id").to_pylist()
+    return ids
+
+
+def _sessions(run: Path, stage: str) -> set[str]:
+    return {c.session for c in RunDir(str(run)).commits(stage).values()}
+
+
+def test_demo_config_end_to_end_reconciles_and_exports(tmp_path: Path) -> None:
+    from datasets import load_dataset
+
+    from pipeline.config import load_config
+
+    run = tmp_path / "run"
+    config = load_config(str(REPO / "pipeline" / "demo" / "demo.yaml"))
+    result = execute(config, str(run), command="pytest")
+    assert result.sealed == {"ingest": 4, "prefilter": 4, "normalize": 4}
+
+    status = {s.name: s for s in run_status(RunDir(str(run))).stages}
+    assert status["ingest"].rows_in == 60
+    for name in ("ingest", "prefilter", "normalize"):
+        assert status[name].rows_in == status[name].rows_out + status[name].rows_rejected
+    assert status["prefilter"].rows_in == status["ingest"].rows_out
+    assert status["normalize"].rows_in == status["prefilter"].rows_out
+    assert status["prefilter"].rejected_by_reason == {
+        "prefilter.too_short": 5, "prefilter.voice_impossible": 6, "prefilter.not_chinese": 2}
+
+    dataset = load_dataset(str(run / "datasets" / "SampleDialogues"))["train"]
+    assert len(dataset) == result.exports["SampleDialogues"] == status["normalize"].rows_out
+    assert len(set(dataset["id"])) == len(dataset)
+    spoken = [t["speech_text"] for row in dataset["turns"] for t in row]
+    assert all(spoken) and not any(ch.isdigit() for text in spoken for ch in text if ch.isascii())
+    assert verify(RunDir(str(run))) == []
+
+    again = execute(config, str(run), command="pytest")
+    assert again.rows_processed == {"prefilter": 0, "normalize": 0}
+
+
+def test_changing_a_stage_reruns_it_and_later_stages_only(tmp_path: Path) -> None:
+    source = write_dialogues(tmp_path / "in.json", 40, bad_every=5)
+    stages = [_stage("prefilter", "prefilter"), _stage("sim", "simulate"), _stage("normalize", "normalize")]
+    run = tmp_path / "run"
+    _run(pipeline_config(source, stages=stages), run)
+    before = {s: _sessions(run, s) for s in (INGEST, "prefilter", "sim", "normalize")}
+
+    stages[1] = _stage("sim", "simulate", latency_per_item_s=0.001)
+    result = _run(pipeline_config(source, stages=stages), run)
+    assert result.invalidated == ["sim", "normalize"]
+    after = {s: _sessions(run, s) for s in before}
+    assert after[INGEST] == before[INGEST] and after["prefilter"] == before["prefilter"]
+    assert after["sim"] == after["normalize"] == {result.session}
+
+    # Resources do not change output: no re-run.
+    stages[2]["resources"]["actors"] = 1
+    result = _run(pipeline_config(source, stages=stages), run)
+    assert result.invalidated == [] and result.rows_processed == {"prefilter": 0, "sim": 0, "normalize": 0}
+    assert verify(RunDir(str(run))) == []
+
+
+def test_actor_killed_mid_shard_completes_without_duplicates(tmp_path: Path) -> None:
+    source = write_dialogues(tmp_path / "in.json", 48)
+    stages = [_stage("sim", "simulate", batch=4, actors=1, latency_base_s=0.25)]
+    run = tmp_path / "run"
+    outcome: dict = {}
+    driver = threading.Thread(target=lambda: outcome.update(result=_run(pipeline_config(source, stages=stages, num_shards=2), run)))
+    driver.start()
+    rundir = RunDir(str(run))
+    deadline = time.monotonic() + 60
+    while not rundir.commits("sim") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    victim = int(next(iter(rundir.commits("sim").values())).worker.rsplit(":", 1)[1])
+    os.kill(victim, signal.SIGKILL)
+    driver.join(timeout=120)
+    assert "result" in outcome, "the run did not finish after its actor was killed"
+
+    ids = _output_ids(run, "sim")
+    assert Counter(ids).most_common(1)[0][1] == 1
+    assert sorted(ids) == sorted(_output_ids(run, INGEST))
+    workers = {c.worker for c in rundir.commits("sim").values()}
+    assert len(workers) >= 2, "the actor should have been restarted in a new process"
+    assert verify(rundir) == []
+
+
+def test_bad_rows_are_rejected_with_reason_not_the_shard(tmp_path: Path) -> None:
+    source = write_dialogues(tmp_path / "in.json", 24)
+    rundir_ids = ["test-" for _ in range(0)]
+    run = tmp_path / "run"
+    # Find real ids first: ingest alone.
+    _run(pipeline_config(source, stages=[]), run)
+    ids = sorted(_output_ids(run, INGEST))
+    bad = ids[3], ids[11]
+    stages = [_stage("sim", "simulate", batch=8, fail_ids=list(bad))]
+    _run(pipeline_config(source, stages=stages), run)
+    rejected = RunDir(str(run)).read_rejected("sim").to_pylist()
+    assert sorted(r["id"] for r in rejected) == sorted(bad)
+    assert all(r["reason"] == "simulate.error" and "simulated engine error" in r["detail"] for r in rejected)
+    assert sorted(_output_ids(run, "sim")) == sorted(set(ids) - set(bad))
+    del rundir_ids
+
+
+def test_engine_that_cannot_load_stops_the_run_fast(tmp_path: Path) -> None:
+    source = write_dialogues(tmp_path / "in.json", 8)
+    stages = [_stage("sim", "simulate", load_error="no checkpoint at /models/qwen2.5-14b")]
+    started = time.monotonic()
+    with pytest.raises(EngineLoadError, match="no checkpoint at /models/qwen2.5-14b"):
+        _run(pipeline_config(source, stages=stages), tmp_path / "run")
+    assert time.monotonic() - started < 30
+
+
+def test_hung_micro_batch_times_out_and_is_retried(tmp_path: Path) -> None:
+    source = write_dialogues(tmp_path / "in.json", 8)
+    run = tmp_path / "run"
+    _run(pipeline_config(source, stages=[], num_shards=1), run)
+    hung = sorted(_output_ids(run, INGEST))[0]
+    stage = _stage("sim", "simulate", batch=4, actors=1, hang_ids=[hung])
+    stage["resources"].update(batch_timeout_s=2, max_part_attempts=2)
+    with pytest.raises(PipelineError, match="timed out after 2s"):
+        _run(pipeline_config(source, stages=[stage], num_shards=1), run)
+    # The other micro-batch was committed; only the hung one is missing.
+    assert len(RunDir(str(run)).commits("sim")) == 1
+
+
+def test_resume_cleans_uncommitted_leftovers_and_redoes_the_part(tmp_path: Path) -> None:
+    source = write_dialogues(tmp_path / "in.json", 32)
+    stages = [_stage("prefilter", "prefilter"), _stage("normalize", "normalize")]
+    run = tmp_path / "run"
+    cfg = pipeline_config(source, stages=stages, num_shards=2)
+    _run(cfg, run)
+    expected = sorted(_output_ids(run, "normalize"))
+    rundir = RunDir(str(run))
+    shard_dir = run / "normalize" / "shard-00000"
+    (shard_dir / "part-00000.commit.json").unlink()  # as if killed before the marker
+    (shard_dir / "_SEALED").unlink()
+    (shard_dir / ".tmp-0123abcd-part-00001.parquet").write_bytes(b"partial")
+    (shard_dir / "part-00099.parquet").write_bytes(b"orphan")
+    assert {p.what.split(" ")[0] for p in verify(rundir)} >= {"uncommitted"}
+
+    result = _run(cfg, run)
+    assert result.cleaned == 3  # the orphaned part 0, the temp file, part 99
+    assert result.rows_processed["normalize"] == 8  # exactly the one uncommitted micro-batch
+    assert sorted(_output_ids(run, "normalize")) == expected
+    assert verify(rundir) == []
