@@ -1,0 +1,104 @@
+"""Exactly-once under crashes: SIGKILL the driver's whole process group at random
+moments, resume, and compare with a clean run (no duplicate, no missing id)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from storage.rundir import RunDir
+from storage.verify import verify
+from tests.conftest import pipeline_config, write_dialogues
+
+STAGES = ("ingest", "prefilter", "sim", "normalize")
+
+
+def _config(tmp: Path) -> Path:
+    source = write_dialogues(tmp / "in.json", 160, bad_every=9)
+    stage = lambda name, kind, **params: {  # noqa: E731
+        "name": name, "kind": kind, "params": params, "micro_batch_size": 8,
+        "resources": {"actors": 2, "num_cpus": 0.25, "batch_timeout_s": 60}}
+    cfg = pipeline_config(
+        source, num_shards=4, part_size=32,
+        stages=[stage("prefilter", "prefilter"), stage("sim", "simulate", latency_base_s=0.1),
+                stage("normalize", "normalize")],
+        exports=[{"name": "Out", "stage": "normalize"}],
+    )
+    path = tmp / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def _speechmed(*args: str, address: str, **kwargs: object) -> subprocess.Popen:
+    return subprocess.Popen(["speechmed", *args, "--address", address, "--json"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def _ids(run: Path, stage: str) -> list[str]:
+    rundir = RunDir(str(run))
+    ids: list[str] = []
+    for commit in rundir.commits(stage).values():
+        ids += pq.read_table(rundir.abs(commit.output.path), columns=["id"]).column("id").to_pylist()
+    return ids
+
+
+def _exported(run: Path) -> list[str]:
+    return sorted(pq.read_table(run / "datasets" / "Out" / "data").column("id").to_pylist())
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory: pytest.TempPathFactory, ray_address: str) -> tuple[Path, dict[str, list[str]], float]:
+    tmp = tmp_path_factory.mktemp("kill")
+    config = _config(tmp)
+    run = tmp / "clean"
+    started = time.monotonic()
+    proc = _speechmed("run", str(config), "--run", str(run), address=ray_address)
+    assert proc.wait(timeout=240) == 0, proc.stderr.read()
+    duration = time.monotonic() - started
+    expected = {stage: sorted(_ids(run, stage)) for stage in STAGES}
+    expected["export"] = _exported(run)
+    return config, expected, duration
+
+
+def _trial(tmp: Path, config: Path, expected: dict[str, list[str]], duration: float, address: str, rng: random.Random) -> None:
+    run = tmp / f"run-{rng.random():.8f}"
+    kill_at = rng.uniform(0.2, duration)
+    driver = _speechmed("run", str(config), "--run", str(run), address=address, start_new_session=True)
+    time.sleep(kill_at)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    resume = _speechmed("resume", str(run), address=address) if (run / "run.json").exists() else \
+        _speechmed("run", str(config), "--run", str(run), address=address)
+    assert resume.wait(timeout=240) == 0, f"resume after a kill at {kill_at:.2f}s failed: {resume.stderr.read()}"
+    for stage in STAGES:
+        ids = _ids(run, stage)
+        dupes = [i for i, n in Counter(ids).items() if n > 1]
+        assert not dupes, f"kill at {kill_at:.2f}s: {stage} has duplicates {dupes[:3]}"
+        assert sorted(ids) == expected[stage], f"kill at {kill_at:.2f}s: {stage} ids differ from the clean run"
+    assert _exported(run) == expected["export"]
+    assert verify(RunDir(str(run))) == []
+
+
+def test_sigkill_driver_then_resume_is_exactly_once(clean_run, ray_address: str, tmp_path: Path) -> None:
+    config, expected, duration = clean_run
+    rng = random.Random(1)
+    for _ in range(5):
+        _trial(tmp_path, config, expected, duration, ray_address, rng)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_sigkill_driver_fifty_trials(clean_run, ray_address: str, tmp_path: Path) -> None:
+    config, expected, duration = clean_run
+    rng = random.Random(2)
+    for _ in range(45):  # with the 5 of the quick test: 50 trials
+        _trial(tmp_path, config, expected, duration, ray_address, rng)
