@@ -8,6 +8,7 @@ that raises on some records, or that hangs).
 
 from __future__ import annotations
 
+import os
 import time
 
 from actors.base import Stage, StageParams, StageResult
@@ -26,6 +27,9 @@ class SimulateParams(StageParams):
     hang_ids: tuple[str, ...] = ()
     """Records whose processing sleeps for `hang_s` (a hung engine)."""
     hang_s: float = 3600.0
+    trace_dir: str | None = None
+    """If set, every call appends its record ids to <trace_dir>/<pid>.txt before working,
+    so a benchmark can count work started but never committed (lost to a crash)."""
 
 
 class SimulatedEngineStage(Stage[SourceDialogue, SourceDialogue]):
@@ -42,6 +46,9 @@ class SimulatedEngineStage(Stage[SourceDialogue, SourceDialogue]):
 
     def process(self, batch: list[SourceDialogue]) -> StageResult[SourceDialogue]:
         ids = {d.id for d in batch}
+        if self.params.trace_dir:
+            with open(os.path.join(self.params.trace_dir, f"{os.getpid()}.txt"), "a", encoding="utf-8") as trace:
+                trace.write("".join(f"{i}\n" for i in sorted(ids)))
         if ids & set(self.params.hang_ids):
             time.sleep(self.params.hang_s)
         bad = ids & set(self.params.fail_ids)
