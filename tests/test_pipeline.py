@@ -109,6 +109,9 @@ def test_actor_killed_mid_shard_completes_without_duplicates(tmp_path: Path) -> 
     deadline = time.monotonic() + 60
     while not rundir.commits("sim") and time.monotonic() < deadline:
         time.sleep(0.05)
+    live = run_status(rundir)
+    assert live.running and "pytest" in (live.holder or "")
+    assert 0 < next(s for s in live.stages if s.name == "sim").rows_in < 48
     victim = int(next(iter(rundir.commits("sim").values())).worker.rsplit(":", 1)[1])
     os.kill(victim, signal.SIGKILL)
     driver.join(timeout=120)
@@ -124,10 +127,8 @@ def test_actor_killed_mid_shard_completes_without_duplicates(tmp_path: Path) -> 
 
 def test_bad_rows_are_rejected_with_reason_not_the_shard(tmp_path: Path) -> None:
     source = write_dialogues(tmp_path / "in.json", 24)
-    rundir_ids = ["test-" for _ in range(0)]
     run = tmp_path / "run"
-    # Find real ids first: ingest alone.
-    _run(pipeline_config(source, stages=[]), run)
+    _run(pipeline_config(source, stages=[]), run)  # ingest alone, to learn the real ids
     ids = sorted(_output_ids(run, INGEST))
     bad = ids[3], ids[11]
     stages = [_stage("sim", "simulate", batch=8, fail_ids=list(bad))]
@@ -136,7 +137,6 @@ def test_bad_rows_are_rejected_with_reason_not_the_shard(tmp_path: Path) -> None
     assert sorted(r["id"] for r in rejected) == sorted(bad)
     assert all(r["reason"] == "simulate.error" and "simulated engine error" in r["detail"] for r in rejected)
     assert sorted(_output_ids(run, "sim")) == sorted(set(ids) - set(bad))
-    del rundir_ids
 
 
 def test_engine_that_cannot_load_stops_the_run_fast(tmp_path: Path) -> None:
@@ -181,3 +181,37 @@ def test_resume_cleans_uncommitted_leftovers_and_redoes_the_part(tmp_path: Path)
     assert result.rows_processed["normalize"] == 8  # exactly the one uncommitted micro-batch
     assert sorted(_output_ids(run, "normalize")) == expected
     assert verify(rundir) == []
+
+
+def test_cli_demo_status_manifest_verify(tmp_path: Path, ray_address: str) -> None:
+    """The README's main command as a user runs it, then the inspection commands."""
+    import json
+    import subprocess
+
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    run = tmp_path / "demo"
+    done = subprocess.run(["speechmed", "demo", "--run", str(run), "--address", ray_address, "--json"],
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["exports"] == {"SampleDialogues": 47}
+
+    cli = CliRunner()
+    status = json.loads(cli.invoke(app, ["status", str(run), "--json"]).output)
+    assert not status["running"] and status["eta_s"] is None
+    assert [s["shards_sealed"] for s in status["stages"]] == [4, 4, 4]
+
+    manifest = cli.invoke(app, ["manifest", str(run), "--json"])
+    assert manifest.exit_code == 0
+    parts = pq.read_table(run / "manifest.parquet")
+    assert parts.num_rows == json.loads(manifest.output)["parts"] == sum(
+        len(RunDir(str(run)).commits(s)) for s in ("ingest", "prefilter", "normalize"))
+
+    assert cli.invoke(app, ["verify", str(run)]).exit_code == 0
+    victim = next((run / "normalize" / "shard-00001").glob("part-*.parquet"))
+    victim.write_bytes(victim.read_bytes()[:-10])
+    failed = cli.invoke(app, ["verify", str(run), "--json"])
+    assert failed.exit_code == 1
+    assert any("part-" in p and "size" in p for p in json.loads(failed.output)["problems"])
