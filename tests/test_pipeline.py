@@ -215,3 +215,26 @@ def test_cli_demo_status_manifest_verify(tmp_path: Path, ray_address: str) -> No
     failed = cli.invoke(app, ["verify", str(run), "--json"])
     assert failed.exit_code == 1
     assert any("part-" in p and "size" in p for p in json.loads(failed.output)["problems"])
+
+
+def test_stages_stream_and_shards_in_flight_are_bounded(tmp_path: Path) -> None:
+    source = write_dialogues(tmp_path / "in.json", 96)
+    upstream = _stage("sim", "simulate", batch=8, actors=2, latency_base_s=0.05)
+    upstream["resources"]["max_shards_in_flight"] = 1
+    stages = [upstream, _stage("normalize", "normalize", batch=8)]
+    run = tmp_path / "run"
+    _run(pipeline_config(source, stages=stages, num_shards=6), run)
+    rundir = RunDir(str(run))
+
+    # Streaming: the downstream stage committed work before the upstream stage finished.
+    sim_seals = rundir.seals("sim")
+    first_downstream = min(c.committed_at for c in rundir.commits("normalize").values())
+    assert first_downstream < max(s.sealed_at for s in sim_seals.values())
+
+    # Backpressure: with one shard in flight, shards of `sim` are processed one after another.
+    spans = {}
+    for (shard, _), c in rundir.commits("sim").items():
+        lo, hi = spans.get(shard, (float("inf"), 0.0))
+        spans[shard] = (min(lo, c.committed_at - c.elapsed_s), max(hi, c.committed_at))
+    ordered = sorted(spans.values())
+    assert all(prev[1] <= nxt[0] + 0.01 for prev, nxt in zip(ordered, ordered[1:]))
