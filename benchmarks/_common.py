@@ -6,18 +6,16 @@ import contextlib
 import json
 import os
 import platform
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import yaml
+
+from pipeline.raycluster import local_head
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
@@ -27,23 +25,9 @@ def machine() -> str:
     return f"{platform.machine()}, {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}"
 
 
-@contextlib.contextmanager
-def ray_cluster(num_cpus: int | None = None) -> Iterator[str]:
+def ray_cluster(num_cpus: int | None = None) -> contextlib.AbstractContextManager[str]:
     """`ray start --head` on 127.0.0.1 with a private temp dir; yields its address."""
-    temp = tempfile.mkdtemp(prefix="smbench-")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = ["ray", "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-           "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"]
-    if num_cpus is not None:
-        cmd.append(f"--num-cpus={num_cpus}")
-    subprocess.run(cmd, env=ENV, check=True, capture_output=True)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        subprocess.run(["ray", "stop", "--force"], env=ENV, capture_output=True)
-        shutil.rmtree(temp, ignore_errors=True)
+    return local_head(num_cpus)
 
 
 def write_dialogues(path: Path, n: int) -> Path:

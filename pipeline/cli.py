@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -37,7 +38,7 @@ EXIT_FAILED, EXIT_USAGE = 1, 2
 
 
 def _fail(message: str, code: int) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -179,7 +180,7 @@ def verify_cmd(run_uri: Annotated[str, typer.Argument(help="run directory")], as
         out.print_json(json.dumps({"run": run_uri, "ok": not problems, "problems": [str(p) for p in problems]}))
     else:
         for p in problems:
-            out.print(f"[red]✗[/red] {p}", highlight=False)
+            out.print(f"[red]✗[/red] {escape(str(p))}", highlight=False)
         out.print("[green]ok[/green]: every file matches its marker" if not problems else f"{len(problems)} problem(s)")
     if problems:
         raise typer.Exit(EXIT_FAILED)

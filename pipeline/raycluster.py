@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
+import subprocess
 import tempfile
 from collections.abc import Iterator
 
+import psutil
 import ray
 
 # What a private local Ray (and the tests' cluster) needs: loopback only, and no token auth
@@ -46,4 +49,55 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         yield
     finally:
         ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop_head(temp_dir: str, port: int) -> None:
+    """Stop the processes of one head (and their children, the workers) only: `ray stop`
+    would stop every Ray on the machine."""
+    roots = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if temp_dir in cmdline or f"--address=127.0.0.1:{port}" in cmdline:
+            roots.append(proc)
+    procs = {p.pid: p for root in roots for p in [root, *_children(root)]}
+    for proc in procs.values():
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=5)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+
+
+def _children(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return proc.children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+@contextlib.contextmanager
+def local_head(num_cpus: int | None = None, *, dashboard: bool = False) -> Iterator[str]:
+    """A real `ray start --head` on 127.0.0.1 with a private temp dir, for tests and
+    benchmarks; yields its address and stops exactly that cluster afterwards."""
+    env = {**os.environ, **LOOPBACK_ENV}
+    temp_dir = tempfile.mkdtemp(prefix="smray-")  # short: Ray's socket paths have a length limit
+    port = _free_port()
+    cmd = ["ray", "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+           f"--temp-dir={temp_dir}", "--disable-usage-stats"]
+    cmd += ["--dashboard-host=127.0.0.1"] if dashboard else ["--include-dashboard=false"]
+    if num_cpus is not None:
+        cmd.append(f"--num-cpus={num_cpus}")
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=120)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        _stop_head(temp_dir, port)
         shutil.rmtree(temp_dir, ignore_errors=True)

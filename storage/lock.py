@@ -14,11 +14,13 @@ import time
 import uuid
 
 import psutil
+import pyarrow.fs as pafs
 from pydantic import BaseModel
 
 from storage.fs import Location, exists, read_bytes, write_bytes
 
 LOCK_NAME = "_LOCK"
+UNREADABLE_GRACE_S = 5.0
 
 
 class RunLocked(RuntimeError):
@@ -80,7 +82,13 @@ class RunLock:
                 return self.token
             holder = self.holder()
             if holder is None:
-                continue  # released between our two calls
+                # Released between our two calls, or a lock file left empty / garbled by a
+                # driver that died while creating it: no live writer leaves it so for long.
+                if self._unreadable_for() > UNREADABLE_GRACE_S:
+                    self._break(None)
+                else:
+                    time.sleep(0.05)
+                continue
             if not _is_dead(holder, self.stale_after_s):
                 raise RunLocked(
                     f"run {self.loc.uri} is in use by `{holder.command}` (pid {holder.pid} on "
@@ -111,8 +119,16 @@ class RunLock:
         holder = self.holder()
         return holder is not None and holder.token == self.token
 
-    def _break(self, holder: LockInfo) -> None:
-        """Remove a dead holder's lock; of several racing takers only one rename wins."""
+    def _unreadable_for(self) -> float:
+        """Seconds since an existing but unreadable lock file was written (0 if absent)."""
+        info = self.loc.fs.get_file_info(self.path)
+        if info.type != pafs.FileType.File or info.mtime is None:
+            return 0.0
+        return time.time() - info.mtime.timestamp()
+
+    def _break(self, holder: LockInfo | None) -> None:
+        """Remove a dead holder's lock (None: an unreadable one); of several racing takers
+        only one rename wins."""
         if self.loc.fs.type_name == "local":
             aside = f"{self.path}.stale-{uuid.uuid4().hex}"
             try:
@@ -122,8 +138,11 @@ class RunLock:
             os.unlink(aside)
         else:
             current = self.holder()
-            if current is not None and current.token == holder.token:
-                self.loc.fs.delete_file(self.path)
+            if (current.token if current else None) == (holder.token if holder else None):
+                try:
+                    self.loc.fs.delete_file(self.path)
+                except FileNotFoundError:
+                    pass
 
     # -- ownership ---------------------------------------------------------------------
     def holder(self) -> LockInfo | None:

@@ -30,7 +30,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from storage.fs import Location, is_temp, list_files, read_bytes, resolve, write_bytes
+from storage.fs import Location, exists, is_temp, list_files, read_bytes, resolve, write_bytes
 from storage.lock import RunLock, holds_lock
 from storage.markers import FileEntry, PartCommit, RunInfo, ShardSeal, StageStamp
 
@@ -151,13 +151,20 @@ class RunDir:
         """Write a micro-batch's accepted and rejected rows, then its commit marker.
 
         Until the marker exists the part does not count; a crash before it leaves only
-        leftovers that `clean_uncommitted` removes. With `fence`, the marker is written only
-        if that token still holds the run lock.
+        leftovers that `clean_uncommitted` removes. With `fence`, nothing is written unless
+        that token holds the run lock, and the marker only if it still does after the data:
+        a stale worker must not overwrite a part the lock's new holder has committed.
         """
+        self._check_fence(stage, shard, part, fence)
         out_entry = self._write_data(self.part_path(stage, shard, part), output)
         rej_entry = None
         if rejected is not None and rejected.num_rows:
             rej_entry = self._write_data(self.rejected_path(stage, shard, part), rejected)
+        else:
+            # An earlier attempt of this part may have rejected rows; its file is not ours.
+            stale = self.abs(self.rejected_path(stage, shard, part))
+            if exists(self.loc, stale):
+                self.loc.fs.delete_file(stale)
         commit = PartCommit(
             stage=stage,
             shard=shard,
@@ -174,13 +181,16 @@ class RunDir:
             worker=f"{socket.gethostname()}:{os.getpid()}",
             session=session,
         )
+        self._check_fence(stage, shard, part, fence)
+        self.write_model(self.commit_path(stage, shard, part), commit)
+        return commit
+
+    def _check_fence(self, stage: str, shard: int, part: int, fence: str | None) -> None:
         if fence is not None and not holds_lock(self.loc, fence):
             raise CommitRefused(
                 f"{stage} shard {shard} part {part}: the driver that dispatched it no longer "
                 f"holds the lock of {self.uri}; not committing"
             )
-        self.write_model(self.commit_path(stage, shard, part), commit)
-        return commit
 
     def commits(self, stage: str, shard: int | None = None) -> dict[tuple[int, int], PartCommit]:
         """Valid commit markers of a stage (or one shard): {(shard, part): commit}."""

@@ -53,8 +53,8 @@ def _check_stage(rundir: RunDir, stage: str, sizes: dict[str, int]) -> tuple[lis
     stamp = rundir.stamp(stage)
     commits: dict[tuple[int, int], PartCommit] = {}
     for path in sizes:
-        if not path.endswith(COMMIT_SUFFIX) or not path.startswith(rundir.abs(stage) + "/"):
-            continue
+        if not path.endswith(COMMIT_SUFFIX) or not path.startswith(rundir.abs(stage) + "/") or is_temp(path):
+            continue  # a temp marker is an uncommitted leftover, reported below
         known.add(path)
         try:
             commit = PartCommit.model_validate_json(rundir.loc.fs.open_input_stream(path).read())
@@ -73,7 +73,11 @@ def _check_stage(rundir: RunDir, stage: str, sizes: dict[str, int]) -> tuple[lis
         if not path.endswith(f"/{SEALED}") or not path.startswith(rundir.abs(stage) + "/"):
             continue
         known.add(path)
-        seal = ShardSeal.model_validate_json(rundir.loc.fs.open_input_stream(path).read())
+        try:
+            seal = ShardSeal.model_validate_json(rundir.loc.fs.open_input_stream(path).read())
+        except ValueError as exc:
+            problems.append(Problem(rundir.loc.rel(path), f"unreadable seal: {exc}".replace("\n", " ")))
+            continue
         parts = [commits.get((seal.shard, p)) for p in range(seal.parts)]
         missing = [p for p, c in enumerate(parts) if c is None]
         if missing:

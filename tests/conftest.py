@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pipeline.raycluster import LOOPBACK_ENV
+from pipeline.raycluster import LOOPBACK_ENV, local_head
 
 # Before anything imports ray in this process (pipeline/__init__ sets the loopback one).
 for _key, _value in LOOPBACK_ENV.items():
@@ -23,28 +19,11 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "pipeline" / "demo" / "sample_consultations.json"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def ray_address() -> Iterator[str]:
-    """A real `ray start --head` on 127.0.0.1, private temp dir, stopped at the end."""
-    env = {**os.environ, **LOOPBACK_ENV}
-    temp = tempfile.mkdtemp(prefix="smray-")  # short: Ray's socket paths have a length limit
-    port = _free_port()
-    subprocess.run(
-        ["ray", "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-         "--include-dashboard=false", "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats"],
-        env=env, check=True, capture_output=True,
-    )
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True)
-        shutil.rmtree(temp, ignore_errors=True)
+    """A real `ray start --head` on 127.0.0.1 for the session, stopped at the end."""
+    with local_head(num_cpus=2) as address:
+        yield address
 
 
 @pytest.fixture(scope="session")
