@@ -133,13 +133,12 @@ def execute(
         specs = stage_specs(config, prints)
         with ray_session(ray_address):
             resources = {s.name: s.resources for s in config.stages}
-            # Actors start (and load their engines) while the plan is being built.
-            scheduler = Scheduler(rundir, specs, resources, {}, config.num_shards,
+            # Actors start (and load their engines) while the plan is being built. Planning
+            # takes no CPU slot, so actors holding every CPU cannot starve it.
+            scheduler = Scheduler(rundir, specs, resources, config.num_shards,
                                   fence=token, session=session, on_progress=on_progress)
             planner = ray.remote(num_cpus=0, max_retries=0)(plan_ingest)
-            ingest_seals = ray.get(planner.remote(rundir.uri, config, prints[INGEST], session, token))
-            scheduler.ingest_seals = ingest_seals
-            scheduler.run()
+            ingest_seals = scheduler.run(planner.remote(rundir.uri, config, prints[INGEST], session, token))
         all_seals = {INGEST: ingest_seals, **{p.spec.name: p.sealed for p in scheduler.pools}}
         result.sealed = {name: len(seals) for name, seals in all_seals.items()}
         result.rows_processed = {p.spec.name: p.rows_run for p in scheduler.pools}

@@ -44,7 +44,6 @@ class _Shard:
     upstream_parts: int
     pending: deque[int]
     commits: dict[int, PartCommit]
-    in_flight: set[int] = field(default_factory=set)
     attempts: dict[int, int] = field(default_factory=dict)
 
 
@@ -80,7 +79,6 @@ class Scheduler:
         rundir: RunDir,
         specs: list[StageSpec],
         resources: dict[str, Resources],
-        upstream_seals: dict[int, ShardSeal],
         num_shards: int,
         *,
         fence: str | None,
@@ -92,7 +90,8 @@ class Scheduler:
         self.fence = fence
         self.session = session
         self.on_progress = on_progress or (lambda stage, event: None)
-        self.ingest_seals = upstream_seals
+        self.ingest_seals: dict[int, ShardSeal] = {}
+        self.plan: ray.ObjectRef | None = None
         self.pools: list[_StagePool] = []
         self.calls: dict[ray.ObjectRef, _Call] = {}
         self.ready: dict[ray.ObjectRef, _StagePool] = {}
@@ -103,7 +102,6 @@ class Scheduler:
                 num_gpus=res.num_gpus,
                 max_restarts=-1,
                 max_task_retries=0,
-                name=None,
             )
             actors = [actor_cls.remote(rundir.uri, spec, fence, session) for _ in range(res.actors)]
             pool = _StagePool(spec, res, actors, rundir.seals(spec.name))
@@ -156,7 +154,6 @@ class Scheduler:
                 deadline = start + pool.resources.batch_timeout_s
                 pool.actor_free_at[actor] = deadline
                 pool.queued[actor] += 1
-                work.in_flight.add(part)
                 self.calls[ref] = _Call(pool, actor, work.shard, part, deadline)
 
     def done(self) -> bool:
@@ -169,7 +166,6 @@ class Scheduler:
         pool.queued[call.actor] -= 1
         if pool.queued[call.actor] == 0:
             pool.actor_free_at[call.actor] = 0.0
-        work.in_flight.discard(call.part)
         try:
             commit: PartCommit = ray.get(ref)
         except RayActorError as exc:
@@ -223,14 +219,25 @@ class Scheduler:
                     if other.stage is call.stage and other.actor == call.actor:
                         other.deadline = float("inf")
 
-    # -- main loop ---------------------------------------------------------------------
-    def run(self) -> None:
+    def _check_plan(self, ref: ray.ObjectRef) -> None:
+        self.plan = None
         try:
-            while not self.done():
+            self.ingest_seals = ray.get(ref)
+        except RayTaskError as exc:
+            raise PipelineError(f"reading the sources failed: {type(exc.cause).__name__}: {exc.cause}") from None
+
+    # -- main loop ---------------------------------------------------------------------
+    def run(self, plan: ray.ObjectRef) -> dict[int, ShardSeal]:
+        """Run every stage to the end. `plan` is the planning task whose result (the ingest
+        seals) feeds the first stage; actors start loading their engines meanwhile, so an
+        engine that cannot load stops the run before planning ends. Returns the ingest seals."""
+        self.plan = plan
+        try:
+            while self.plan is not None or not self.done():
                 for index, pool in enumerate(self.pools):
                     self._activate(index)
                     self._dispatch(pool)
-                waiting = list(self.ready) + list(self.calls)
+                waiting = list(self.ready) + list(self.calls) + ([self.plan] if self.plan is not None else [])
                 if not waiting:
                     if self.done():
                         break
@@ -241,7 +248,9 @@ class Scheduler:
                 if finished:
                     finished, _ = ray.wait(waiting, num_returns=len(waiting), timeout=0)
                 for ref in finished:
-                    if ref in self.ready:
+                    if ref == self.plan:
+                        self._check_plan(ref)
+                    elif ref in self.ready:
                         self._check_ready(ref)
                     else:
                         self._finish_call(ref)
@@ -250,6 +259,7 @@ class Scheduler:
             for pool in self.pools:
                 for actor in pool.actors:
                     ray.kill(actor, no_restart=True)
+        return self.ingest_seals
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -68,3 +68,16 @@ def pipeline_config(source: Path, *, stages: list[dict], num_shards: int = 4, se
         "stages": stages,
         "exports": exports or [],
     }
+
+
+def committed_ids(run: Path, stage: str) -> list[str]:
+    """Every id in every committed part of a stage, duplicates kept (so they can be counted)."""
+    import pyarrow.parquet as pq
+
+    from storage.rundir import RunDir
+
+    rundir = RunDir(str(run))
+    ids: list[str] = []
+    for commit in rundir.commits(stage).values():
+        ids += pq.read_table(rundir.abs(commit.output.path), columns=["id"]).column("id").to_pylist()
+    return ids

@@ -17,7 +17,7 @@ import yaml
 
 from storage.rundir import RunDir
 from storage.verify import verify
-from tests.conftest import pipeline_config, write_dialogues
+from tests.conftest import committed_ids, pipeline_config, write_dialogues
 
 STAGES = ("ingest", "prefilter", "sim", "normalize")
 
@@ -43,14 +43,6 @@ def _speechmed(*args: str, address: str, **kwargs: object) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
-def _ids(run: Path, stage: str) -> list[str]:
-    rundir = RunDir(str(run))
-    ids: list[str] = []
-    for commit in rundir.commits(stage).values():
-        ids += pq.read_table(rundir.abs(commit.output.path), columns=["id"]).column("id").to_pylist()
-    return ids
-
-
 def _exported(run: Path) -> list[str]:
     return sorted(pq.read_table(run / "datasets" / "Out" / "data").column("id").to_pylist())
 
@@ -64,7 +56,7 @@ def clean_run(tmp_path_factory: pytest.TempPathFactory, ray_address: str) -> tup
     proc = _speechmed("run", str(config), "--run", str(run), address=ray_address)
     assert proc.wait(timeout=240) == 0, proc.stderr.read()
     duration = time.monotonic() - started
-    expected = {stage: sorted(_ids(run, stage)) for stage in STAGES}
+    expected = {stage: sorted(committed_ids(run, stage)) for stage in STAGES}
     expected["export"] = _exported(run)
     return config, expected, duration
 
@@ -80,7 +72,7 @@ def _trial(tmp: Path, config: Path, expected: dict[str, list[str]], duration: fl
         _speechmed("run", str(config), "--run", str(run), address=address)
     assert resume.wait(timeout=240) == 0, f"resume after a kill at {kill_at:.2f}s failed: {resume.stderr.read()}"
     for stage in STAGES:
-        ids = _ids(run, stage)
+        ids = committed_ids(run, stage)
         dupes = [i for i, n in Counter(ids).items() if n > 1]
         assert not dupes, f"kill at {kill_at:.2f}s: {stage} has duplicates {dupes[:3]}"
         assert sorted(ids) == expected[stage], f"kill at {kill_at:.2f}s: {stage} ids differ from the clean run"

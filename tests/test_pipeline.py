@@ -20,7 +20,7 @@ from pipeline.scheduler import EngineLoadError, PipelineError
 from pipeline.status import run_status
 from storage.rundir import RunDir
 from storage.verify import verify
-from tests.conftest import REPO, pipeline_config, write_dialogues
+from tests.conftest import committed_ids, REPO, pipeline_config, write_dialogues
 
 pytestmark = pytest.mark.usefixtures("ray_connected")
 
@@ -32,15 +32,6 @@ def _stage(name: str, kind: str, batch: int = 8, actors: int = 2, **params: obje
 
 def _run(cfg: dict, run: Path, **kwargs: object):
     return execute(parse_config(cfg, base_dir=None, origin="test"), str(run), command="pytest", **kwargs)
-
-
-def _output_ids(run: Path, stage: str) -> list[str]:
-    """Every id in every committed part of a stage (duplicates kept, to be counted)."""
-    rundir = RunDir(str(run))
-    ids: list[str] = []
-    for commit in rundir.commits(stage).values():
-        ids += pq.read_table(rundir.abs(commit.output.path), columns=["id"]).column("id").to_pylist()
-    return ids
 
 
 def _sessions(run: Path, stage: str) -> set[str]:
@@ -117,9 +108,9 @@ def test_actor_killed_mid_shard_completes_without_duplicates(tmp_path: Path) -> 
     driver.join(timeout=120)
     assert "result" in outcome, "the run did not finish after its actor was killed"
 
-    ids = _output_ids(run, "sim")
+    ids = committed_ids(run, "sim")
     assert Counter(ids).most_common(1)[0][1] == 1
-    assert sorted(ids) == sorted(_output_ids(run, INGEST))
+    assert sorted(ids) == sorted(committed_ids(run, INGEST))
     workers = {c.worker for c in rundir.commits("sim").values()}
     assert len(workers) >= 2, "the actor should have been restarted in a new process"
     assert verify(rundir) == []
@@ -129,14 +120,14 @@ def test_bad_rows_are_rejected_with_reason_not_the_shard(tmp_path: Path) -> None
     source = write_dialogues(tmp_path / "in.json", 24)
     run = tmp_path / "run"
     _run(pipeline_config(source, stages=[]), run)  # ingest alone, to learn the real ids
-    ids = sorted(_output_ids(run, INGEST))
+    ids = sorted(committed_ids(run, INGEST))
     bad = ids[3], ids[11]
     stages = [_stage("sim", "simulate", batch=8, fail_ids=list(bad))]
     _run(pipeline_config(source, stages=stages), run)
     rejected = RunDir(str(run)).read_rejected("sim").to_pylist()
     assert sorted(r["id"] for r in rejected) == sorted(bad)
     assert all(r["reason"] == "simulate.error" and "simulated engine error" in r["detail"] for r in rejected)
-    assert sorted(_output_ids(run, "sim")) == sorted(set(ids) - set(bad))
+    assert sorted(committed_ids(run, "sim")) == sorted(set(ids) - set(bad))
 
 
 def test_engine_that_cannot_load_stops_the_run_fast(tmp_path: Path) -> None:
@@ -152,7 +143,7 @@ def test_hung_micro_batch_times_out_and_is_retried(tmp_path: Path) -> None:
     source = write_dialogues(tmp_path / "in.json", 8)
     run = tmp_path / "run"
     _run(pipeline_config(source, stages=[], num_shards=1), run)
-    hung = sorted(_output_ids(run, INGEST))[0]
+    hung = sorted(committed_ids(run, INGEST))[0]
     stage = _stage("sim", "simulate", batch=4, actors=1, hang_ids=[hung])
     stage["resources"].update(batch_timeout_s=2, max_part_attempts=2)
     with pytest.raises(PipelineError, match="timed out after 2s"):
@@ -167,7 +158,7 @@ def test_resume_cleans_uncommitted_leftovers_and_redoes_the_part(tmp_path: Path)
     run = tmp_path / "run"
     cfg = pipeline_config(source, stages=stages, num_shards=2)
     _run(cfg, run)
-    expected = sorted(_output_ids(run, "normalize"))
+    expected = sorted(committed_ids(run, "normalize"))
     rundir = RunDir(str(run))
     shard_dir = run / "normalize" / "shard-00000"
     (shard_dir / "part-00000.commit.json").unlink()  # as if killed before the marker
@@ -179,7 +170,7 @@ def test_resume_cleans_uncommitted_leftovers_and_redoes_the_part(tmp_path: Path)
     result = _run(cfg, run)
     assert result.cleaned == 3  # the orphaned part 0, the temp file, part 99
     assert result.rows_processed["normalize"] == 8  # exactly the one uncommitted micro-batch
-    assert sorted(_output_ids(run, "normalize")) == expected
+    assert sorted(committed_ids(run, "normalize")) == expected
     assert verify(rundir) == []
 
 
