@@ -14,6 +14,10 @@ from pipeline.raycluster import LOOPBACK_ENV, local_head
 # Before anything imports ray in this process (pipeline/__init__ sets the loopback one).
 for _key, _value in LOOPBACK_ENV.items():
     os.environ.setdefault(_key, _value)
+# Credentials for the S3-compatible server the tests start on 127.0.0.1 (moto). Set before
+# the Ray head starts, so its workers inherit them; no instance-metadata lookups.
+os.environ.update({"AWS_ACCESS_KEY_ID": "speechmed-test", "AWS_SECRET_ACCESS_KEY": "speechmed-test",
+                   "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"})
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "pipeline" / "demo" / "sample_consultations.json"
@@ -70,7 +74,7 @@ def pipeline_config(source: Path, *, stages: list[dict], num_shards: int = 4, se
     }
 
 
-def committed_ids(run: Path, stage: str) -> list[str]:
+def committed_ids(run: Path | str, stage: str) -> list[str]:
     """Every id in every committed part of a stage, duplicates kept (so they can be counted)."""
     import pyarrow.parquet as pq
 
@@ -79,5 +83,6 @@ def committed_ids(run: Path, stage: str) -> list[str]:
     rundir = RunDir(str(run))
     ids: list[str] = []
     for commit in rundir.commits(stage).values():
-        ids += pq.read_table(rundir.abs(commit.output.path), columns=["id"]).column("id").to_pylist()
+        table = pq.read_table(rundir.abs(commit.output.path), columns=["id"], filesystem=rundir.loc.fs)
+        ids += table.column("id").to_pylist()
     return ids
