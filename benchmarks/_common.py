@@ -36,7 +36,7 @@ def write_dialogues(path: Path, n: int) -> Path:
         f.write("[")
         for i in range(n):
             record = {"id": f"bench-{i:07d}", "conversations": [
-                {"from": "human", "value": f"医生您好，我最近{i % 9 + 2}天总是头疼，血压150/95mmHg。"},
+                {"from": "human", "value": f"医生您好，我是第{i}位来咨询的，最近{i % 9 + 2}天总是头疼，血压150/95mmHg。"},
                 {"from": "gpt", "value": "头疼时有没有恶心？建议到心内科复查血压。"}]}
             f.write(("," if i else "") + json.dumps(record, ensure_ascii=False))
         f.write("]")

@@ -15,12 +15,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic_core import PydanticCustomError
 
 from actors.registry import STAGE_KINDS, stage_class
-from actors.sources import SOURCE_FORMATS
+from actors.sources import SOURCE_FORMATS, SourceRef, source_format
 from schemas import Treatment
 from storage.fs import exists, resolve
 
 
-PARAMS_ERROR = "stage_params"
+PARAMS_ERROR = "nested_params"
+
+
+def _validate_nested(model: type[BaseModel], value: dict[str, Any]) -> None:
+    """Validate a kind's own parameters (a stage's params, a source's options) so that each
+    problem is reported under its own key path (`parse_config` expands them)."""
+    try:
+        model.model_validate(value)
+    except ValidationError as exc:
+        problems = [[list(e["loc"]), _what(e, model)] for e in exc.errors()]
+        summary = "; ".join(f"{_key_path(tuple(loc))}: {what}" for loc, what in problems)
+        raise PydanticCustomError(PARAMS_ERROR, "{summary}", {"summary": summary, "problems": problems}) from None
 
 
 class ConfigError(ValueError):
@@ -35,7 +46,10 @@ class SourceConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     format: str
     path: str
-    treatment: Treatment = "consultation"
+    treatment: Treatment | None = Field(None, description="default: the format's own")
+    sample_ratio: float = Field(1.0, gt=0, le=1, description="share kept, chosen by a hash of (seed, id)")
+    limit: int | None = Field(None, ge=1, description="at most this many, the lowest sampling hashes")
+    options: dict[str, Any] = {}
 
     @field_validator("format")
     @classmethod
@@ -51,8 +65,23 @@ class SourceConfig(_Strict):
         if "://" not in value and base is not None and not os.path.isabs(value):
             value = str(Path(base, value).resolve())
         if not exists(resolve(value), resolve(value).root):
-            raise ValueError(f"no such file: {value}")
+            raise ValueError(f"no such file or folder: {value}")
         return value
+
+    @field_validator("options")
+    @classmethod
+    def _valid_options(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        fmt = info.data.get("format")
+        if fmt is None:
+            return value
+        _validate_nested(SOURCE_FORMATS[fmt].Options, value)
+        return value
+
+    def ref(self) -> SourceRef:
+        """The source as its adapter sees it."""
+        fmt = source_format(self.format)
+        return SourceRef(self.name, self.path, self.treatment or fmt.default_treatment,
+                         fmt.Options.model_validate(self.options))
 
 
 class Resources(_Strict):
@@ -89,15 +118,7 @@ class StageConfig(_Strict):
         kind = info.data.get("kind")
         if kind is None:
             return value  # the kind itself is already reported
-        params_model = stage_class(kind).Params
-        try:
-            params_model.model_validate(value)
-        except ValidationError as exc:
-            # One problem per parameter, each under its own key path (`parse_config` expands
-            # them): (key path inside params, what is wrong).
-            problems = [[list(e["loc"]), _what(e, params_model)] for e in exc.errors()]
-            summary = "; ".join(f"{_key_path(tuple(loc))}: {what}" for loc, what in problems)
-            raise PydanticCustomError(PARAMS_ERROR, "{summary}", {"summary": summary, "problems": problems}) from None
+        _validate_nested(stage_class(kind).Params, value)
         return value
 
 

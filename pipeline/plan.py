@@ -1,65 +1,84 @@
-"""The input plan: read every source once, give each record its stable id and shard, and
-commit the result as the `ingest` stage (sorted by id within a shard).
+"""The input plan: read every source once, sample, deduplicate, give each record its
+stable id and shard, and commit the result as the `ingest` stage.
 
-Planning streams: records are spilled per shard to local temporary Parquet files while
-the sources are read, then each shard (small by construction) is sorted and committed.
+Planning streams with bounded memory, in two spills to local temporary Parquet files:
+
+1. read the sources; keep a record if a hash of (seed, id) falls under its source's
+   `sample_ratio`; spill it to a bucket by hash of its normalised content;
+2. per content bucket: records with the same content are duplicates (the smallest id is
+   kept, the others rejected naming it); a source's `limit` keeps the lowest sampling
+   hashes; then spill each record to its shard by hash of its id;
+3. per shard: sort by id, reject repeated ids, commit in parts, seal.
+
+Quarantined items of the adapters are never sampled out: a broken input is always shown.
+Counts per source go to plan/plan.json: read = sampled_out + written + rejected + duplicates.
 A plan that completed is never redone; an interrupted one is redone, skipping shards it
 already sealed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import json
+import re
 import tempfile
 import time
-from collections import defaultdict
+import unicodedata
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from actors.sources import SOURCE_FORMATS, SourceItem
+from actors.sources import source_format
 from pipeline.config import PipelineConfig
 from schemas import Rejection, SourceDialogue, record_id, shard_of, to_table
 from storage.markers import ShardSeal
 from storage.rundir import RunDir
 
 INGEST = "ingest"
-_SPILL_SCHEMA = pa.schema([("id", pa.string()), ("order", pa.int64()), ("rejected", pa.bool_()), ("payload", pa.string())])
+_SPILL = pa.schema([("id", pa.string()), ("order", pa.int64()), ("source", pa.string()),
+                    ("sample", pa.float64()), ("content", pa.string()), ("rejected", pa.bool_()),
+                    ("payload", pa.string())])
+_NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
 
 
-def _spill_row(item: SourceItem, source: str) -> tuple[str, bool, str]:
-    """(id, rejected?, JSON payload) of one item: the dialogue, or a rejection of it."""
-    if item.dialogue is not None:
-        return item.dialogue.id, False, item.dialogue.model_dump_json()
-    rid = record_id(source, item.location)
-    rejection = Rejection(id=rid, stage=INGEST, reason=item.reason, detail=item.detail, record_json=item.raw)
-    return rid, True, rejection.model_dump_json()
+def sample_point(seed: int, record_id: str) -> float:
+    """A record's position in [0, 1) for sampling: by id, so independent of file order."""
+    digest = hashlib.blake2b(f"{seed}\x00sample\x00{record_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def content_hash(dialogue: SourceDialogue) -> str:
+    """Hash of the dialogue's text with case, width, spaces and punctuation normalised."""
+    h = hashlib.blake2b(digest_size=12)
+    for turn in dialogue.turns:
+        text = _NOT_WORD.sub("", unicodedata.normalize("NFKC", turn.text).lower())
+        h.update(f"{turn.role}\x00{text}\x00".encode())
+    return h.hexdigest()
 
 
 class _Spill:
-    """Per-shard temporary Parquet files, written in bounded batches."""
+    """Rows partitioned into temporary Parquet files, written in bounded batches."""
 
-    def __init__(self, folder: Path, num_shards: int, flush_rows: int = 2048):
-        self.folder, self.num_shards, self.flush_rows = folder, num_shards, flush_rows
-        self.buffers: dict[int, list[tuple[str, int, bool, str]]] = defaultdict(list)
+    def __init__(self, folder: Path, name: str, flush_rows: int = 4096):
+        self.folder, self.name, self.flush_rows = folder, name, flush_rows
+        self.buffers: dict[int, list[dict]] = defaultdict(list)
         self.writers: dict[int, pq.ParquetWriter] = {}
         self.buffered = 0
 
-    def add(self, shard: int, row: tuple[str, int, bool, str]) -> None:
-        self.buffers[shard].append(row)
+    def add(self, bucket: int, row: dict) -> None:
+        self.buffers[bucket].append(row)
         self.buffered += 1
         if self.buffered >= self.flush_rows:
             self.flush()
 
     def flush(self) -> None:
-        for shard, rows in self.buffers.items():
-            if not rows:
-                continue
-            if shard not in self.writers:
-                self.writers[shard] = pq.ParquetWriter(self.folder / f"{shard}.parquet", _SPILL_SCHEMA)
-            self.writers[shard].write_table(pa.Table.from_pylist(
-                [dict(zip(_SPILL_SCHEMA.names, r)) for r in rows], schema=_SPILL_SCHEMA))
+        for bucket, rows in self.buffers.items():
+            if bucket not in self.writers:
+                self.writers[bucket] = pq.ParquetWriter(self.folder / f"{self.name}-{bucket}.parquet", _SPILL)
+            self.writers[bucket].write_table(pa.Table.from_pylist(rows, schema=_SPILL))
         self.buffers.clear()
         self.buffered = 0
 
@@ -68,27 +87,115 @@ class _Spill:
         for writer in self.writers.values():
             writer.close()
 
-    def read(self, shard: int) -> pa.Table:
-        path = self.folder / f"{shard}.parquet"
-        return pq.read_table(path) if path.exists() else _SPILL_SCHEMA.empty_table()
+    def read(self, bucket: int) -> list[dict]:
+        path = self.folder / f"{self.name}-{bucket}.parquet"
+        return pq.read_table(path).to_pylist() if path.exists() else []
 
 
-def _duplicates_rejected(rows: list[dict]) -> list[dict]:
-    """Rows sorted by (id, read order); a repeated id is rejected, the first one kept."""
-    out, previous = [], None
-    for row in rows:
+def _rejection_row(row: dict, reason: str, detail: str) -> dict:
+    rejection = Rejection(id=row["id"], stage=INGEST, reason=reason, detail=detail, record_json=row["payload"])
+    return {**row, "rejected": True, "payload": rejection.model_dump_json()}
+
+
+class _Counts:
+    def __init__(self) -> None:
+        self.by_source: dict[str, Counter] = defaultdict(Counter)
+
+    def add(self, source: str, what: str, n: int = 1) -> None:
+        self.by_source[source][what] += n
+
+
+def _read_and_sample(config: PipelineConfig, spill: _Spill, counts: _Counts, limits: dict[str, list]) -> None:
+    order = 0
+    for source in config.sources:
+        ref = source.ref()
+        for item in source_format(source.format)().read(ref):
+            counts.add(ref.name, "read")
+            if item.dialogue is None:
+                rid = record_id(ref.name, item.location)
+                row = {"id": rid, "order": order, "source": ref.name, "sample": 0.0, "content": rid,
+                       "rejected": True, "payload": Rejection(id=rid, stage=INGEST, reason=item.reason,
+                                                              detail=item.detail, record_json=item.raw).model_dump_json()}
+            else:
+                point = sample_point(config.seed, item.dialogue.id)
+                if point >= source.sample_ratio:
+                    counts.add(ref.name, "sampled_out")
+                    continue
+                if source.limit is not None:
+                    heap = limits[ref.name]  # the `limit` lowest points seen, as a max-heap
+                    entry = (-point, item.dialogue.id)
+                    if len(heap) < source.limit:
+                        heapq.heappush(heap, entry)
+                    elif entry > heap[0]:
+                        heapq.heapreplace(heap, entry)
+                row = {"id": item.dialogue.id, "order": order, "source": ref.name, "sample": point,
+                       "content": content_hash(item.dialogue), "rejected": False,
+                       "payload": item.dialogue.model_dump_json()}
+            spill.add(shard_of(row["content"], config.num_shards), row)
+            order += 1
+
+
+def _dedup_and_limit(config: PipelineConfig, buckets: _Spill, shards: _Spill, counts: _Counts, cutoffs: dict[str, tuple]) -> None:
+    for bucket in range(config.num_shards):
+        rows = sorted(buckets.read(bucket), key=lambda r: (r["content"], r["id"], r["order"]))
+        kept_by_content: dict[str, str] = {}
+        for row in rows:
+            if not row["rejected"]:
+                cutoff = cutoffs.get(row["source"])
+                if cutoff is not None and (row["sample"], row["id"]) > cutoff:
+                    counts.add(row["source"], "sampled_out")
+                    continue
+                first = kept_by_content.setdefault(row["content"], row["id"])
+                if first != row["id"]:
+                    row = _rejection_row(row, "ingest.duplicate_content", f"same content as {first}")
+            shards.add(shard_of(row["id"], config.num_shards), row)
+
+
+_DUPLICATE_REASONS = ("ingest.duplicate_id", "ingest.duplicate_content")
+
+
+def _finalise_shard(rows: list[dict], counts: _Counts) -> list[dict]:
+    """Sort a shard's rows by id, reject repeated ids (the first read is kept), count."""
+    rows = sorted(rows, key=lambda r: (r["id"], r["order"]))
+    previous = None
+    for i, row in enumerate(rows):
         if not row["rejected"] and row["id"] == previous:
             dialogue = SourceDialogue.model_validate_json(row["payload"])
-            rejection = Rejection(
-                id=row["id"], stage=INGEST, reason="ingest.duplicate_id",
-                detail=f"{dialogue.source} key {dialogue.source_key!r} appears more than once; the first is kept",
-                record_json=row["payload"],
-            )
-            row = {**row, "rejected": True, "payload": rejection.model_dump_json()}
+            rows[i] = _rejection_row(row, "ingest.duplicate_id",
+                                     f"{dialogue.source} key {dialogue.source_key!r} appears more than once; the first is kept")
         elif not row["rejected"]:
             previous = row["id"]
-        out.append(row)
-    return out
+    for row in rows:
+        if not row["rejected"]:
+            counts.add(row["source"], "written")
+        else:
+            duplicate = json.loads(row["payload"])["reason"] in _DUPLICATE_REASONS
+            counts.add(row["source"], "duplicates" if duplicate else "rejected")
+    return rows
+
+
+def _commit_shard(rundir: RunDir, config: PipelineConfig, shard: int, rows: list[dict], fingerprint: str,
+                  session: str, fence: str | None, started: float) -> ShardSeal:
+    committed = rundir.commits(INGEST, shard)
+    size = config.ingest_part_size
+    commits = []
+    for part, start in enumerate(range(0, len(rows), size)):
+        if (shard, part) in committed:
+            commits.append(committed[(shard, part)])
+            continue
+        chunk = rows[start : start + size]
+        accepted = [SourceDialogue.model_validate_json(r["payload"]) for r in chunk if not r["rejected"]]
+        rejections = [Rejection.model_validate_json(r["payload"]) for r in chunk if r["rejected"]]
+        commits.append(rundir.commit_part(
+            INGEST, shard, part, to_table(accepted, SourceDialogue),
+            to_table(rejections, Rejection) if rejections else None,
+            fingerprint=fingerprint, rows_in=len(chunk),
+            rejected_by_reason=dict(Counter(r.reason for r in rejections)),
+            elapsed_s=time.perf_counter() - started, session=session, fence=fence,
+        ))
+    seal = seal_from_commits(INGEST, shard, fingerprint, commits)
+    rundir.seal(seal)
+    return seal
 
 
 def plan_ingest(run_uri: str, config: PipelineConfig, fingerprint: str, session: str, fence: str | None) -> dict[int, ShardSeal]:
@@ -98,44 +205,25 @@ def plan_ingest(run_uri: str, config: PipelineConfig, fingerprint: str, session:
     if len(sealed) == config.num_shards:
         return sealed
     started = time.perf_counter()
+    counts = _Counts()
     with tempfile.TemporaryDirectory(prefix="speechmed-plan-") as folder:
-        spill = _Spill(Path(folder), config.num_shards)
-        order = 0
-        for source in config.sources:
-            for item in SOURCE_FORMATS[source.format](source.name, source.path, source.treatment):
-                rid, rejected, payload = _spill_row(item, source.name)
-                spill.add(shard_of(rid, config.num_shards), (rid, order, rejected, payload))
-                order += 1
-        spill.close()
-        committed = rundir.commits(INGEST)
+        buckets = _Spill(Path(folder), "content")
+        limits: dict[str, list] = defaultdict(list)
+        _read_and_sample(config, buckets, counts, limits)
+        buckets.close()
+        cutoffs = {s.name: (-limits[s.name][0][0], limits[s.name][0][1])
+                   for s in config.sources if s.limit is not None and len(limits[s.name]) >= s.limit}
+        shards = _Spill(Path(folder), "shard")
+        _dedup_and_limit(config, buckets, shards, counts, cutoffs)
+        shards.close()
         for shard in range(config.num_shards):
-            if shard in sealed:
-                continue
-            rows = sorted(spill.read(shard).to_pylist(), key=lambda r: (r["id"], r["order"]))
-            rows = _duplicates_rejected(rows)
-            size = config.ingest_part_size
-            parts = [rows[i : i + size] for i in range(0, len(rows), size)]
-            commits = []
-            for part, chunk in enumerate(parts):
-                if (shard, part) in committed:
-                    commits.append(committed[(shard, part)])
-                    continue
-                accepted = [SourceDialogue.model_validate_json(r["payload"]) for r in chunk if not r["rejected"]]
-                rejections = [Rejection.model_validate_json(r["payload"]) for r in chunk if r["rejected"]]
-                reasons: dict[str, int] = defaultdict(int)
-                for r in rejections:
-                    reasons[r.reason] += 1
-                commits.append(rundir.commit_part(
-                    INGEST, shard, part, to_table(accepted, SourceDialogue),
-                    to_table(rejections, Rejection) if rejections else None,
-                    fingerprint=fingerprint, rows_in=len(chunk), rejected_by_reason=dict(reasons),
-                    elapsed_s=time.perf_counter() - started, session=session, fence=fence,
-                ))
-            sealed[shard] = seal_from_commits(INGEST, shard, fingerprint, commits)
-            rundir.seal(sealed[shard])
+            rows = _finalise_shard(shards.read(shard), counts)
+            if shard not in sealed:
+                sealed[shard] = _commit_shard(rundir, config, shard, rows, fingerprint, session, fence, started)
     rundir.write_bytes_rel("plan/plan.json", json.dumps({
         "num_shards": config.num_shards,
         "fingerprint": fingerprint,
+        "sources": {name: dict(c) for name, c in counts.by_source.items()},
         "rows_per_shard": {s: seal.rows_in for s, seal in sorted(sealed.items())},
     }, indent=2).encode())
     return sealed
@@ -143,10 +231,9 @@ def plan_ingest(run_uri: str, config: PipelineConfig, fingerprint: str, session:
 
 def seal_from_commits(stage: str, shard: int, fingerprint: str, commits: list) -> ShardSeal:
     """A shard's seal: the sums of its part commits."""
-    reasons: dict[str, int] = defaultdict(int)
+    reasons: Counter = Counter()
     for c in commits:
-        for reason, n in c.rejected_by_reason.items():
-            reasons[reason] += n
+        reasons.update(c.rejected_by_reason)
     return ShardSeal(
         stage=stage, shard=shard, fingerprint=fingerprint, parts=len(commits),
         rows_in=sum(c.rows_in for c in commits), rows_out=sum(c.rows_out for c in commits),

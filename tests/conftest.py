@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,8 @@ for _key, _value in LOOPBACK_ENV.items():
     os.environ.setdefault(_key, _value)
 # Credentials for the S3-compatible server the tests start on 127.0.0.1 (moto). Set before
 # the Ray head starts, so its workers inherit them; no instance-metadata lookups.
+# A private Hugging Face datasets cache: loads in tests must read what the test wrote.
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="speechmed-hf-")
 os.environ.update({"AWS_ACCESS_KEY_ID": "speechmed-test", "AWS_SECRET_ACCESS_KEY": "speechmed-test",
                    "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"})
 
@@ -51,7 +54,7 @@ def write_dialogues(path: Path, n: int, *, bad_every: int = 0) -> Path:
         records.append({
             "id": f"dlg-{i:06d}",
             "conversations": [
-                {"from": "human", "value": f"医生您好，{ask}"},
+                {"from": "human", "value": f"医生您好，我是今天第{i}位来咨询的。{ask}"},
                 {"from": "gpt", "value": "头疼时有没有恶心或者看东西模糊？平时睡眠怎么样？"},
                 {"from": "human", "value": "偶尔恶心，睡得不太好，每天睡5个小时。"},
                 {"from": "gpt", "value": "建议到心内科复查血压，必要时做头部CT，规律作息。"},

@@ -86,7 +86,9 @@ def test_defaults():
     minimal = {"sources": [{"name": "s", "format": "sharegpt", "path": str(Path(str(DEMO)))}]}
     config = parse_config(minimal, base_dir=None, origin="inline")
     assert (config.seed, config.num_shards, config.stages, config.exports) == (0, 8, [], [])
-    assert config.sources[0].treatment == "consultation"
+    assert config.sources[0].treatment is None  # the format's default applies
+    assert config.sources[0].ref().treatment == "consultation"
+    assert (config.sources[0].sample_ratio, config.sources[0].limit) == (1.0, None)
 
 
 # -- one problem at a time -----------------------------------------------------------------

@@ -50,6 +50,7 @@ def test_demo_config_end_to_end_reconciles_and_exports(tmp_path: Path) -> None:
 
     status = {s.name: s for s in run_status(RunDir(str(run))).stages}
     assert status["ingest"].rows_in == 60
+    assert status["ingest"].rejected_by_reason == {"ingest.duplicate_content": 2}
     for name in ("ingest", "prefilter", "normalize"):
         assert status[name].rows_in == status[name].rows_out + status[name].rows_rejected
     assert status["prefilter"].rows_in == status["ingest"].rows_out
@@ -187,7 +188,7 @@ def test_cli_demo_status_manifest_verify(tmp_path: Path, ray_address: str) -> No
     done = subprocess.run(["speechmed", "demo", "--run", str(run), "--address", ray_address, "--json"],
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["exports"] == {"SampleDialogues": 47}
+    assert json.loads(done.stdout)["exports"] == {"SampleDialogues": 45}
 
     cli = CliRunner()
     status = json.loads(cli.invoke(app, ["status", str(run), "--json"]).output)

@@ -9,7 +9,8 @@ from importlib.resources import files
 import pytest
 
 from actors.prefilter import Prefilter, PrefilterParams
-from actors.sources import read_sharegpt
+from actors.sources import SourceOptions, SourceRef
+from actors.sources.sharegpt import ShareGPT
 from schemas import SourceDialogue, Turn, record_id
 
 SAMPLE = str(files("pipeline") / "demo" / "sample_consultations.json")
@@ -176,7 +177,7 @@ EXPECTED_SAMPLE_REJECTIONS = {
 
 
 def test_bundled_sample():
-    dialogues = [item.dialogue for item in read_sharegpt("sample", SAMPLE, "consultation")]
+    dialogues = [item.dialogue for item in ShareGPT().read(SourceRef("sample", str(SAMPLE), "consultation", SourceOptions()))]
     assert len(dialogues) == 60
     result = Prefilter("prefilter", PrefilterParams(), 0).process(dialogues)
     by_id = {d.id: d.source_key for d in dialogues}

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from actors.sources import SOURCE_FORMATS, read_sharegpt
+from actors.sources import SOURCE_FORMATS, SourceOptions, SourceRef
+from actors.sources.sharegpt import ShareGPT
 from schemas import content_key, record_id
 
 SAMPLE = str(files("pipeline") / "demo" / "sample_consultations.json")
@@ -36,7 +37,7 @@ def write(path: Path, records: list, fmt: str = "array", *, bom: bool = False, e
 
 
 def read(path: str, source: str = "src", treatment: str = "consultation") -> list:
-    return list(read_sharegpt(source, path, treatment))
+    return list(ShareGPT().read(SourceRef(source, path, treatment, SourceOptions())))
 
 
 # -- formats -------------------------------------------------------------------------------
@@ -52,7 +53,7 @@ def test_reads_array_and_json_lines(tmp_path, fmt, bom):
     assert [t.role for t in a.turns] == ["patient", "doctor", "patient", "doctor"]
     assert a.turns[0].text == "我头疼三天了，怎么办？"
     assert b.turns[0].text == "孩子发烧39度了"
-    assert items[0].key == "a"
+    assert items[0].dialogue.source_key == "a"
     where = "record" if fmt == "array" else "line"
     assert items[1].location == f"{path} {where} {1 if fmt == 'array' else 2}"
 
@@ -107,7 +108,7 @@ def test_file_uri(tmp_path):
 
 
 def test_sharegpt_is_a_registered_format():
-    assert SOURCE_FORMATS["sharegpt"] is read_sharegpt
+    assert SOURCE_FORMATS["sharegpt"] is ShareGPT
 
 
 # -- damaged files -----------------------------------------------------------------------
@@ -126,19 +127,24 @@ def test_truncated_array_keeps_earlier_records(tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["array", "lines"])
-def test_gbk_file_is_reported_not_raised(tmp_path, fmt):
-    path = write(tmp_path / "gbk.json", [good("a"), good("b")], fmt, encoding="gbk")
-    items = read(path)
-    assert items and all(i.dialogue is None for i in items)
-    if fmt == "array":
-        (item,) = items
-        assert item.reason == "ingest.unreadable_file"
-        assert path in item.detail and "before its first record" in item.detail
-        assert "UTF-8" in item.detail
-    else:  # JSON lines: each undecodable line is quarantined on its own
-        assert [i.reason for i in items] == ["ingest.malformed"] * 2
-        assert [i.location for i in items] == [f"{path} line 1", f"{path} line 2"]
-        assert all("utf-8" in i.detail for i in items)
+def test_gbk_file_is_read_like_utf8(tmp_path, fmt):
+    """Chinese corpora are often GBK: the encoding is sniffed and the text decoded."""
+    utf8 = read(write(tmp_path / "utf8.json", [good("a"), good("b")], fmt))
+    gbk = read(write(tmp_path / "gbk.json", [good("a"), good("b")], fmt, encoding="gbk"))
+    assert [i.dialogue for i in gbk] == [i.dialogue for i in utf8]
+    assert all(i.dialogue is not None for i in gbk)
+
+
+@pytest.mark.parametrize("fmt", ["array", "lines"])
+def test_undecodable_bytes_are_reported_not_raised(tmp_path, fmt):
+    path = tmp_path / "broken.json"
+    good_bytes = Path(write(tmp_path / "ok.json", [good("a"), good("b")], fmt)).read_bytes()
+    cut = good_bytes.index("孩子".encode()) if "孩子".encode() in good_bytes else len(good_bytes) // 2
+    path.write_bytes(good_bytes[:cut] + b"\xff\xfe" + good_bytes[cut:])
+    items = read(str(path))
+    assert items and any(i.dialogue is None for i in items)
+    bad = [i for i in items if i.dialogue is None]
+    assert all(str(path) in i.detail for i in bad)
 
 
 def test_invalid_json_line_is_quarantined_and_reading_goes_on(tmp_path):
@@ -185,7 +191,7 @@ BAD_RECORDS = [
     ("missing_conversations", {"id": "x", "messages": []}, "ingest.malformed", "'conversations'"),
     ("empty_conversations", {"id": "x", "conversations": []}, "ingest.malformed", "'conversations'"),
     ("value_not_string", {"id": "x", "conversations": [{"from": "human", "value": 3}]},
-     "ingest.malformed", "turn 0 needs a string 'value'"),
+     "ingest.malformed", "turn 0 needs a string text"),
     ("not_an_object", ["human", "我头疼"], "ingest.malformed", "expected an object, got list"),
 ]
 
@@ -199,7 +205,7 @@ def test_unmappable_records_are_quarantined(tmp_path, fmt, record, reason, fragm
     bad = items[1]
     assert bad.dialogue is None
     where = f"{path} record 1" if fmt == "array" else f"{path} line 2"
-    assert bad.location == where == bad.key
+    assert bad.location == where
     assert bad.detail.startswith(f"{where}: ")
     assert fragment in bad.detail
     assert json.loads(bad.raw) == record

@@ -1,0 +1,264 @@
+"""What every source adapter shares: the item type, streaming readers, turn mapping.
+
+Adapters stream (a JSON array is parsed incrementally, never loaded whole) and never raise
+on bad input: a record they cannot map becomes a `SourceItem` with a reason code and its
+location (file plus record or line number), so ingestion reconciles as
+read = written + rejected.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, BinaryIO, ClassVar
+
+import ijson
+from pydantic import BaseModel, ConfigDict
+
+from schemas import Gender, SourceDialogue, Treatment, Turn, record_id
+from storage.fs import list_files, resolve
+
+PATIENT_ROLES = frozenset({"human", "user", "patient", "patients", "病人", "患者"})
+DOCTOR_ROLES = frozenset({"gpt", "assistant", "doctor", "医生"})
+_SNIFF_BYTES = 1 << 16
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One record read from a source: a dialogue, or why it could not be mapped."""
+
+    location: str
+    dialogue: SourceDialogue | None = None
+    reason: str = ""
+    detail: str = ""
+    raw: str = ""
+
+
+def failure(where: str, reason: str, detail: str, raw: Any = "") -> SourceItem:
+    """A quarantined item: `reason` is a code (prefixed `ingest.`), `detail` says what to do."""
+    text = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False, default=str)
+    return SourceItem(where, reason=f"ingest.{reason}", detail=f"{where}: {detail}", raw=text[:100_000])
+
+
+class SourceOptions(BaseModel):
+    """Base of a format's own options (config `sources[].options`); unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """One configured source, as an adapter sees it."""
+
+    name: str
+    path: str
+    treatment: Treatment
+    options: SourceOptions
+
+
+class SourceFormat(ABC):
+    """A corpus format. Subclasses set `format`, `default_treatment`, maybe `Options`."""
+
+    format: ClassVar[str]
+    default_treatment: ClassVar[Treatment] = "consultation"
+    Options: ClassVar[type[SourceOptions]] = SourceOptions
+
+    @abstractmethod
+    def read(self, ref: SourceRef) -> Iterator[SourceItem]:
+        """Every record of the source, in file order, mapped or quarantined."""
+
+
+def make_dialogue(ref: SourceRef, source_key: str, turns: list[Turn], **fields: Any) -> SourceDialogue:
+    return SourceDialogue(id=record_id(ref.name, source_key), source=ref.name, source_key=source_key,
+                          treatment=ref.treatment, turns=turns, **fields)
+
+
+def map_turns(pairs: Sequence[tuple[Any, Any]], where: str, raw: Any) -> list[Turn] | SourceItem:
+    """(role, text) pairs → turns that start with the patient and alternate; else a failure.
+
+    Roles are normalised (human/user/Patients/病人 → patient, gpt/assistant/Doctor/医生 →
+    doctor); text is stripped. Consecutive turns of one speaker are not merged silently:
+    they are a failure the adapter may pre-empt by merging where its corpus calls for it.
+    """
+    turns: list[Turn] = []
+    for i, (role, text) in enumerate(pairs):
+        if not isinstance(text, str):
+            return failure(where, "malformed", f"turn {i} needs a string text, got {type(text).__name__}", raw)
+        name = str(role).strip().lower()
+        if name not in PATIENT_ROLES | DOCTOR_ROLES:
+            return failure(where, "bad_role", f"turn {i} has role {role!r}; expected a patient (human/user) or doctor (gpt/assistant) role", raw)
+        if not text.strip():
+            return failure(where, "empty_turn", f"turn {i} is empty", raw)
+        turns.append(Turn(role="patient" if name in PATIENT_ROLES else "doctor", text=text.strip()))
+    if not turns:
+        return failure(where, "malformed", "no turns", raw)
+    if turns[0].role != "patient":
+        return failure(where, "bad_role", "the first turn must be the patient's", raw)
+    for i in range(1, len(turns)):
+        if turns[i].role == turns[i - 1].role:
+            return failure(where, "roles_not_alternating", f"turns {i - 1} and {i} are both {turns[i].role}", raw)
+    return turns
+
+
+def merge_same_speaker(pairs: Sequence[tuple[str, str]], sep: str = "") -> list[tuple[str, str]]:
+    """Join consecutive utterances of one speaker (corpora that split a turn in pieces)."""
+    merged: list[tuple[str, str]] = []
+    for role, text in pairs:
+        if merged and merged[-1][0] == role:
+            merged[-1] = (role, merged[-1][1] + sep + text)
+        else:
+            merged.append((role, text))
+    return merged
+
+
+GENDER_WORDS: dict[str, Gender] = {"男": "male", "女": "female", "male": "male", "female": "female", "m": "male", "f": "female"}
+
+
+# -- byte streams ----------------------------------------------------------------------
+def _decodes(data: bytes, encoding: str) -> bool:
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        return exc.start >= len(data) - 3  # only a character cut at the end of the sample
+    return True
+
+
+class Utf8Stream:
+    """A binary stream re-encoded as UTF-8 without a byte-order mark.
+
+    The encoding is sniffed from the first 64 KiB: UTF-8 (with or without BOM), else GB18030
+    (a superset of GBK, common in Chinese corpora). Decoding is incremental, so a file of
+    any size streams. `peek()` gives the first non-space byte (to tell a JSON array from
+    JSON lines).
+    """
+
+    def __init__(self, raw: BinaryIO):
+        self._raw = raw
+        head = raw.read(_SNIFF_BYTES)
+        if head.startswith(codecs.BOM_UTF8):
+            head = head[len(codecs.BOM_UTF8):]
+        # Neither decoding cleanly: keep UTF-8, so the parser reports the bad byte's position.
+        self.encoding = "gb18030" if not _decodes(head, "utf-8") and _decodes(head, "gb18030") else "utf-8"
+        self._decoder = codecs.getincrementaldecoder(self.encoding)("strict")
+        self._buffer = self._transcode(head, final=False)
+
+    def _transcode(self, data: bytes, final: bool) -> bytes:
+        if self.encoding == "utf-8":
+            return data  # passes through; invalid bytes surface in the parser with a position
+        return self._decoder.decode(data, final=final).encode("utf-8")
+
+    def peek(self) -> bytes:
+        return self._buffer.lstrip()[:1]
+
+    def read(self, size: int = -1) -> bytes:
+        if size == 0:  # ijson probes read(0) to tell bytes from text
+            return b""
+        while size < 0 or len(self._buffer) < size:
+            chunk = self._raw.read(_SNIFF_BYTES if size < 0 else max(size, _SNIFF_BYTES))
+            self._buffer += self._transcode(chunk, final=not chunk)
+            if not chunk:
+                break
+        if size < 0:
+            data, self._buffer = self._buffer, b""
+        else:
+            data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+
+@contextmanager
+def open_utf8(path: str) -> Iterator[Utf8Stream]:
+    loc = resolve(path)
+    with loc.fs.open_input_stream(loc.root) as raw:
+        yield Utf8Stream(raw)
+
+
+@contextmanager
+def open_text(path: str) -> Iterator[io.TextIOBase]:
+    """A text stream of a UTF-8 or GBK file (for csv and similar readers); strict decoding,
+    so a broken byte raises UnicodeDecodeError for the adapter to quarantine."""
+    with open_utf8(path) as stream:
+        yield io.TextIOWrapper(io.BufferedReader(_Readable(stream)), encoding="utf-8", newline="")
+
+
+class _Readable(io.RawIOBase):
+    def __init__(self, stream: Utf8Stream):
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def text_lines(path: str) -> Iterator[tuple[str, str] | SourceItem]:
+    """(location, line) of a UTF-8 or GBK text file; an undecodable line is a failure item."""
+    with open_utf8(path) as stream:
+        pending, number = b"", 0
+        while True:
+            try:
+                chunk = stream.read(1 << 20)
+            except UnicodeDecodeError as exc:
+                yield failure(f"{path} after line {number}", "unreadable_file",
+                              f"{exc}; lines before it were kept. Re-save the file as UTF-8.")
+                return
+            pending += chunk
+            lines = pending.split(b"\n")
+            pending = lines.pop() if chunk else b""
+            for raw in lines:  # at the end of the file, the last (unterminated) line too
+                number += 1
+                where = f"{path} line {number}"
+                try:
+                    yield where, raw.decode("utf-8").rstrip("\r")
+                except UnicodeDecodeError as exc:
+                    yield failure(where, "bad_encoding", f"{exc}; re-save the file as UTF-8",
+                                  raw.decode("utf-8", "replace"))
+            if not chunk:
+                return
+
+
+def json_records(path: str) -> Iterator[tuple[str, Any] | SourceItem]:
+    """(location, object) for each record of a JSON array (streamed) or JSON-lines file.
+
+    A record that is not valid JSON (JSON lines) or a file that breaks off (array) yields a
+    failure item instead; records before the break are kept.
+    """
+    with open_utf8(path) as stream:
+        if stream.peek() == b"[":
+            index = -1
+            try:
+                for index, obj in enumerate(ijson.items(stream, "item", use_float=True)):
+                    yield f"{path} record {index}", obj
+            except (ijson.JSONError, UnicodeDecodeError) as exc:
+                where = f"{path} after record {index}" if index >= 0 else f"{path} before its first record"
+                yield failure(where, "unreadable_file", f"{exc}. Records before this point were kept; fix or "
+                              f"re-export the file (is it truncated, or in an encoding other than UTF-8/GBK?) "
+                              f"and start a new run to read the rest.")
+            return
+    for entry in text_lines(path):
+        if isinstance(entry, SourceItem):
+            yield entry
+            continue
+        where, line = entry
+        if not line.strip():
+            continue
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield failure(where, "malformed", f"not valid JSON: {exc}", line)
+
+
+def files_under(path: str, suffixes: tuple[str, ...]) -> list[str]:
+    """`path` itself if it is a file, else its files with one of `suffixes`, sorted."""
+    loc = resolve(path)
+    if loc.fs.get_file_info(loc.root).type.name == "File":
+        return [path]
+    prefix = path.rstrip("/")
+    return sorted(prefix + p[len(loc.root):] for p in list_files(loc, loc.root) if p.endswith(suffixes))

@@ -1,0 +1,36 @@
+"""ShareGPT layout: `{id?, idx?, conversations: [{from, value}, ...]}` records, as a JSON
+array or JSON lines. HuatuoGPT2-SFT-GPT4-140K and many prepared corpora use it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from actors.sources.common import SourceFormat, SourceItem, SourceRef, failure, json_records, make_dialogue, map_turns
+from schemas import content_key
+
+
+def map_sharegpt(obj: Any, ref: SourceRef, where: str) -> SourceItem:
+    """One ShareGPT record → a dialogue; its key is `id`, else `idx`, else a content hash."""
+    if not isinstance(obj, dict):
+        return failure(where, "malformed", f"expected an object, got {type(obj).__name__}", obj)
+    conversations = obj.get("conversations")
+    if not isinstance(conversations, list) or not conversations:
+        return failure(where, "malformed", "missing or empty 'conversations' list", obj)
+    if not all(isinstance(t, dict) for t in conversations):
+        return failure(where, "malformed", "every turn must be an object {from, value}", obj)
+    turns = map_turns([(t.get("from", ""), t.get("value")) for t in conversations], where, obj)
+    if isinstance(turns, SourceItem):
+        return turns
+    key = obj.get("id") or obj.get("idx")
+    source_key = str(key) if key not in (None, "") else content_key(json.dumps(conversations, ensure_ascii=False, sort_keys=True))
+    return SourceItem(where, dialogue=make_dialogue(ref, source_key, turns), raw=json.dumps(obj, ensure_ascii=False))
+
+
+class ShareGPT(SourceFormat):
+    format = "sharegpt"
+
+    def read(self, ref: SourceRef) -> Iterator[SourceItem]:
+        for entry in json_records(ref.path):
+            yield entry if isinstance(entry, SourceItem) else map_sharegpt(entry[1], ref, entry[0])
