@@ -6,7 +6,7 @@ import re
 from functools import cached_property
 
 from actors.base import Stage, StageParams, StageResult
-from schemas import SourceDialogue
+from schemas import SourceDialogue, Treatment
 
 # Requests a voice consultation cannot serve: the patient wants to show or send something.
 # Kept as data (regexes) so a user can extend them in the config.
@@ -32,6 +32,8 @@ class PrefilterParams(StageParams):
     """Minimum meaningful characters (CJK, letters, digits) in the first patient turn."""
     min_chinese_ratio: float = 0.5
     """Minimum share of CJK among meaningful characters of the patient turns."""
+    chinese_required_for: tuple[Treatment, ...] = ("knowledge_qa", "encyclopedia", "single_turn_qa", "consultation", "cough")
+    """Treatments whose text must already be Chinese (safety demonstrations are translated later)."""
     voice_impossible_patterns: tuple[str, ...] = DEFAULT_VOICE_IMPOSSIBLE
 
 
@@ -62,7 +64,8 @@ class Prefilter(Stage[SourceDialogue, SourceDialogue]):
                 return "voice_impossible", f"patient asks for {match.group(0)!r}"
         meaningful = sum(len(_MEANINGFUL.findall(t)) for t in patient)
         chinese = sum(len(_CJK.findall(t)) for t in patient)
-        if meaningful and chinese / meaningful < self.params.min_chinese_ratio:
+        required = dialogue.treatment in self.params.chinese_required_for
+        if required and meaningful and chinese / meaningful < self.params.min_chinese_ratio:
             return "not_chinese", f"{chinese}/{meaningful} patient characters are Chinese"
         return None
 

@@ -10,16 +10,21 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from actors.sources import source_format
+
 from pipeline.config import ConfigError, PipelineConfig, load_config
 from pipeline.driver import RunResult, execute, load_run_config
+from pipeline.ingest import ingest_one
 from pipeline.plan import INGEST
 from pipeline.scheduler import PipelineError
 from pipeline.status import run_status
+from storage.fs import exists, resolve
 from storage.lock import RunLocked
 from storage.manifest import write_manifest
 from storage.markers import ShardSeal
@@ -184,6 +189,33 @@ def verify_cmd(run_uri: Annotated[str, typer.Argument(help="run directory")], as
         out.print("[green]ok[/green]: every file matches its marker" if not problems else f"{len(problems)} problem(s)")
     if problems:
         raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def ingest(
+    source: Annotated[str, typer.Option("--source", help="the corpus format, e.g. sharegpt, meddg, cmb_exam")],
+    path: Annotated[str, typer.Option("--path", help="a corpus file or folder (local or a pyarrow.fs URI)")],
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for accepted.parquet and rejected.parquet")],
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="a format option KEY=VALUE (YAML value); repeatable")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Read one corpus with its adapter (no Ray): counts read / written / rejected by reason."""
+    try:
+        fmt = source_format(source)
+        options = {k: yaml.safe_load(v) for k, _, v in (o.partition("=") for o in option or [])}
+        fmt.Options.model_validate(options)
+    except (KeyError, ValueError) as exc:
+        _fail(str(exc.args[0] if isinstance(exc, KeyError) else exc).replace("\n", " "), EXIT_USAGE)
+    if not exists(resolve(path), resolve(path).root):
+        _fail(f"no such file or folder: {path}", EXIT_USAGE)
+    report = ingest_one(source, path, out_dir, options=options)
+    if as_json:
+        out.print_json(json.dumps(report.__dict__))
+        return
+    out.print(f"{report.source}: read {report.read}, written {report.written}, rejected {report.rejected}")
+    for reason, n in report.by_reason.items():
+        out.print(f"  {n:>8}  {reason}")
+    out.print(f"→ {report.outputs['accepted']}, {report.outputs['rejected']}")
 
 
 @app.command()

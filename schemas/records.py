@@ -14,8 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field
 Role = Literal["patient", "doctor"]
 Gender = Literal["male", "female", "unknown"]
 AgeGroup = Literal["child", "young_adult", "adult", "elderly", "unknown"]
-# What happens to a source record downstream (SOURCES.md / issue 3).
-Treatment = Literal["knowledge_qa", "consultation", "safety", "cough"]
+# What happens to a source record downstream; the LLM stages pick their prompt by it.
+#   knowledge_qa   exam questions (CMB, CMExam): kept as they are
+#   encyclopedia   encyclopedia / book Q&A (HuatuoGPT2 pretraining): one concise spoken Q&A
+#   single_turn_qa single-turn Q&A (HuatuoGPT2-SFT): multi-turn with doctor follow-ups
+#   consultation   multi-turn consultations (CMtMedQA, MedDG): shorter spoken multi-turn
+#   safety         English safety demonstrations (MedSafetyBench): spoken Chinese
+#   cough          cough-related consultations (MedDialog-CN): `<cough>` placeholders
+Treatment = Literal["knowledge_qa", "encyclopedia", "single_turn_qa", "consultation", "safety", "cough"]
 
 
 class Record(BaseModel):
