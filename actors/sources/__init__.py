@@ -5,9 +5,12 @@ Each maps its corpus's records to `SourceDialogue` (or a quarantined item with a
 """
 
 from actors.sources.common import SourceFormat, SourceItem, SourceOptions, SourceRef
+from actors.sources.huatuo import HuatuoPretrain, HuatuoSFT
 from actors.sources.sharegpt import ShareGPT
 
-SOURCE_FORMATS: dict[str, type[SourceFormat]] = {cls.format: cls for cls in (ShareGPT,)}
+SOURCE_FORMATS: dict[str, type[SourceFormat]] = {
+    cls.format: cls for cls in (ShareGPT, HuatuoSFT, HuatuoPretrain)
+}
 
 
 def source_format(name: str) -> type[SourceFormat]:

@@ -11,8 +11,9 @@ from actors.sources.common import SourceFormat, SourceItem, SourceRef, failure, 
 from schemas import content_key
 
 
-def map_sharegpt(obj: Any, ref: SourceRef, where: str) -> SourceItem:
-    """One ShareGPT record → a dialogue; its key is `id`, else `idx`, else a content hash."""
+def map_sharegpt(obj: Any, ref: SourceRef, where: str, key_prefix: str = "", **fields: Any) -> SourceItem:
+    """One ShareGPT record → a dialogue; its key is `key_prefix` + (`id`, else `idx`, else a
+    content hash); `fields` are set on the dialogue (e.g. its category)."""
     if not isinstance(obj, dict):
         return failure(where, "malformed", f"expected an object, got {type(obj).__name__}", obj)
     conversations = obj.get("conversations")
@@ -25,12 +26,18 @@ def map_sharegpt(obj: Any, ref: SourceRef, where: str) -> SourceItem:
         return turns
     key = obj.get("id") or obj.get("idx")
     source_key = str(key) if key not in (None, "") else content_key(json.dumps(conversations, ensure_ascii=False, sort_keys=True))
-    return SourceItem(where, dialogue=make_dialogue(ref, source_key, turns), raw=json.dumps(obj, ensure_ascii=False))
+    dialogue = make_dialogue(ref, key_prefix + source_key, turns, **fields)
+    return SourceItem(where, dialogue=dialogue, raw=json.dumps(obj, ensure_ascii=False))
+
+
+def read_sharegpt_file(ref: SourceRef, path: str, key_prefix: str = "", **fields: Any) -> Iterator[SourceItem]:
+    """Every record of one ShareGPT file (JSON array or JSON lines), mapped or quarantined."""
+    for entry in json_records(path):
+        yield entry if isinstance(entry, SourceItem) else map_sharegpt(entry[1], ref, entry[0], key_prefix, **fields)
 
 
 class ShareGPT(SourceFormat):
     format = "sharegpt"
 
     def read(self, ref: SourceRef) -> Iterator[SourceItem]:
-        for entry in json_records(ref.path):
-            yield entry if isinstance(entry, SourceItem) else map_sharegpt(entry[1], ref, entry[0])
+        yield from read_sharegpt_file(ref, ref.path)
