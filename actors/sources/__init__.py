@@ -5,11 +5,14 @@ Each maps its corpus's records to `SourceDialogue` (or a quarantined item with a
 """
 
 from actors.sources.common import SourceFormat, SourceItem, SourceOptions, SourceRef
+from actors.sources.cmb import CMBExam
+from actors.sources.cmexam import CMExam
 from actors.sources.huatuo import HuatuoPretrain, HuatuoSFT
+from actors.sources.medsafety import MedSafety
 from actors.sources.sharegpt import ShareGPT
 
 SOURCE_FORMATS: dict[str, type[SourceFormat]] = {
-    cls.format: cls for cls in (ShareGPT, HuatuoSFT, HuatuoPretrain)
+    cls.format: cls for cls in (ShareGPT, HuatuoSFT, HuatuoPretrain, CMBExam, CMExam, MedSafety)
 }
 
 

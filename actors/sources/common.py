@@ -9,7 +9,7 @@ read = written + rejected.
 from __future__ import annotations
 
 import codecs
-import io
+import csv
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -177,27 +177,6 @@ def open_utf8(path: str) -> Iterator[Utf8Stream]:
         yield Utf8Stream(raw)
 
 
-@contextmanager
-def open_text(path: str) -> Iterator[io.TextIOBase]:
-    """A text stream of a UTF-8 or GBK file (for csv and similar readers); strict decoding,
-    so a broken byte raises UnicodeDecodeError for the adapter to quarantine."""
-    with open_utf8(path) as stream:
-        yield io.TextIOWrapper(io.BufferedReader(_Readable(stream)), encoding="utf-8", newline="")
-
-
-class _Readable(io.RawIOBase):
-    def __init__(self, stream: Utf8Stream):
-        self._stream = stream
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self._stream.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-
 def text_lines(path: str) -> Iterator[tuple[str, str] | SourceItem]:
     """(location, line) of a UTF-8 or GBK text file; an undecodable line is a failure item."""
     with open_utf8(path) as stream:
@@ -212,6 +191,8 @@ def text_lines(path: str) -> Iterator[tuple[str, str] | SourceItem]:
             pending += chunk
             lines = pending.split(b"\n")
             pending = lines.pop() if chunk else b""
+            if not chunk and not pending and lines and not lines[-1]:
+                lines.pop()  # the empty "line" after a final newline
             for raw in lines:  # at the end of the file, the last (unterminated) line too
                 number += 1
                 where = f"{path} line {number}"
@@ -253,6 +234,73 @@ def json_records(path: str) -> Iterator[tuple[str, Any] | SourceItem]:
             yield where, json.loads(line)
         except json.JSONDecodeError as exc:
             yield failure(where, "malformed", f"not valid JSON: {exc}", line)
+
+
+# -- CSV ----------------------------------------------------------------------------------
+def csv_rows(path: str) -> Iterator[tuple[str, list[str]] | SourceItem]:
+    """(location, cells) of each non-blank row of a UTF-8 or GBK CSV file, the header too.
+
+    The location is `<path> line <n>`, n the line the row starts on. Quoted fields may hold
+    commas and newlines. A row with undecodable bytes becomes an `ingest.bad_encoding` item
+    (its text decoded with replacement characters as raw); broken quoting or a file that ends
+    inside a quoted field ends the file with an `ingest.unreadable_file` item (rows before it
+    are kept).
+    """
+    bad: list[SourceItem] = []  # a bad line seen while reading the current row
+    end: list[SourceItem] = []  # the file stopped decoding
+
+    def lines() -> Iterator[str]:
+        for entry in text_lines(path):
+            if isinstance(entry, SourceItem):
+                if entry.reason == "ingest.bad_encoding":
+                    bad.append(entry)
+                    yield entry.raw + "\n"
+                    continue
+                end.append(entry)
+                return
+            yield entry[1] + "\n"
+
+    reader = csv.reader(lines(), strict=True)
+    last_line = 0
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            if end:
+                break
+            yield failure(f"{path} line {last_line + 1}", "unreadable_file",
+                          f"CSV error near line {reader.line_num}: {exc}. Rows before it were kept; fix the quoting "
+                          "(or re-export a file that was cut off) and start a new run to read the rest.")
+            return
+        where, last_line = f"{path} line {last_line + 1}", reader.line_num
+        if bad:
+            item = bad[0]
+            bad.clear()
+            yield failure(where, "bad_encoding", f"{item.detail[len(item.location) + 2:]} (at line "
+                          f"{item.location.rsplit(' ', 1)[-1]}); the row is not read", ",".join(row))
+            continue
+        if row:
+            yield where, row
+    if end:
+        yield end[0]
+
+
+def header_index(header: list[str], aliases: dict[str, tuple[str, ...]]) -> dict[str, int]:
+    """Column positions by field name, matching header cells case-insensitively against aliases."""
+    cells = [h.strip().lstrip("\ufeff").lower() for h in header]
+    found: dict[str, int] = {}
+    for field, names in aliases.items():
+        for i, cell in enumerate(cells):
+            if cell in names:
+                found[field] = i
+                break
+    return found
+
+
+def cell(row: list[str], index: int | None) -> str:
+    return row[index].strip() if index is not None and index < len(row) else ""
 
 
 def files_under(path: str, suffixes: tuple[str, ...]) -> list[str]:
