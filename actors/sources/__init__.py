@@ -7,12 +7,16 @@ Each maps its corpus's records to `SourceDialogue` (or a quarantined item with a
 from actors.sources.common import SourceFormat, SourceItem, SourceOptions, SourceRef
 from actors.sources.cmb import CMBExam
 from actors.sources.cmexam import CMExam
+from actors.sources.cmtmedqa import CMtMedQA
 from actors.sources.huatuo import HuatuoPretrain, HuatuoSFT
+from actors.sources.meddg import MedDG
+from actors.sources.meddialog import MedDialog
 from actors.sources.medsafety import MedSafety
 from actors.sources.sharegpt import ShareGPT
 
 SOURCE_FORMATS: dict[str, type[SourceFormat]] = {
-    cls.format: cls for cls in (ShareGPT, HuatuoSFT, HuatuoPretrain, CMBExam, CMExam, MedSafety)
+    cls.format: cls
+    for cls in (ShareGPT, HuatuoSFT, HuatuoPretrain, CMBExam, CMExam, CMtMedQA, MedDG, MedDialog, MedSafety)
 }
 
 

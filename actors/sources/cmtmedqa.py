@@ -24,8 +24,18 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from actors.sources.common import SourceFormat, SourceItem, SourceOptions, SourceRef, failure, files_under, json_records
-from actors.sources.meddg import basename, dialogue_from_utterances, is_file
+from actors.sources.common import (
+    SourceFormat,
+    SourceItem,
+    SourceOptions,
+    SourceRef,
+    basename,
+    dialogue_from_utterances,
+    failure,
+    files_under,
+    is_file,
+    json_records,
+)
 from schemas import content_key
 
 FILE_NAMES = {"train": "CMtMedQA.json", "test": "CMtMedQA_test.json"}

@@ -41,8 +41,7 @@ class SourceItem:
 
 def failure(where: str, reason: str, detail: str, raw: Any = "") -> SourceItem:
     """A quarantined item: `reason` is a code (prefixed `ingest.`), `detail` says what to do."""
-    text = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False, default=str)
-    return SourceItem(where, reason=f"ingest.{reason}", detail=f"{where}: {detail}", raw=text[:100_000])
+    return SourceItem(where, reason=f"ingest.{reason}", detail=f"{where}: {detail}", raw=raw_text(raw)[:100_000])
 
 
 class SourceOptions(BaseModel):
@@ -117,6 +116,50 @@ def merge_same_speaker(pairs: Sequence[tuple[str, str]], sep: str = "") -> list[
 
 
 GENDER_WORDS: dict[str, Gender] = {"男": "male", "女": "female", "male": "male", "female": "female", "m": "male", "f": "female"}
+
+
+# -- dialogues from utterances ----------------------------------------------------------
+MERGE_SEP = "\n"
+
+
+def raw_text(raw: Any) -> str:
+    return raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False, default=str)
+
+
+def dialogue_from_utterances(ref: SourceRef, where: str, source_key: str, utterances: Sequence[tuple[str, str]],
+                             raw: Any, **fields: Any) -> SourceItem:
+    """(patient|doctor, text) utterances → a dialogue, or why not.
+
+    Utterances without text are left out (they carry nothing); consecutive utterances of
+    one speaker are merged (newline-joined); the result must start with the patient and
+    hold at least one doctor turn.
+    """
+    pairs = [(role, text.strip()) for role, text in utterances if text.strip()]
+    if not pairs:
+        return failure(where, "malformed", "no utterance has any text; the record is empty, check its source", raw)
+    pairs = merge_same_speaker(pairs, MERGE_SEP)
+    if all(role != "doctor" for role, _ in pairs):
+        return failure(where, "no_doctor_turn", "the dialogue has patient turns only (no doctor reply), so there is "
+                       "nothing to learn from it; nothing to fix unless the source lost the replies", raw)
+    turns = map_turns(pairs, where, raw)
+    if isinstance(turns, SourceItem):
+        return turns
+    return SourceItem(where, dialogue=make_dialogue(ref, source_key, turns, **fields), raw=raw_text(raw))
+
+
+# -- paths -----------------------------------------------------------------------------
+def basename(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def stem(path: str) -> str:
+    name = basename(path)
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def is_file(path: str) -> bool:
+    loc = resolve(path)
+    return loc.fs.get_file_info(loc.root).type.name == "File"
 
 
 # -- byte streams ----------------------------------------------------------------------
@@ -212,7 +255,8 @@ def json_records(path: str) -> Iterator[tuple[str, Any] | SourceItem]:
     failure item instead; records before the break are kept.
     """
     with open_utf8(path) as stream:
-        if stream.peek() == b"[":
+        # `.jsonl` is JSON lines even when its first record is itself a list.
+        if stream.peek() == b"[" and not path.lower().endswith(".jsonl"):
             index = -1
             try:
                 for index, obj in enumerate(ijson.items(stream, "item", use_float=True)):

@@ -32,29 +32,21 @@ from actors.sources.common import (
     SourceItem,
     SourceOptions,
     SourceRef,
+    basename,
     failure,
     files_under,
+    is_file,
 )
 from actors.sources.sharegpt import read_sharegpt_file
-from storage.fs import resolve
 
 _SUFFIXES = (".json", ".jsonl")
-
-
-def _basename(path: str) -> str:
-    return path.rstrip("/").rsplit("/", 1)[-1]
-
-
-def _is_file(path: str) -> bool:
-    loc = resolve(path)
-    return loc.fs.get_file_info(loc.root).type.name == "File"
 
 
 def _by_name(path: str) -> dict[str, str]:
     """Files under a folder (recursively) by base name; the shallowest path wins a tie."""
     found: dict[str, str] = {}
     for file in sorted(files_under(path, _SUFFIXES), key=lambda p: (p.count("/"), p)):
-        found.setdefault(_basename(file), file)
+        found.setdefault(basename(file), file)
     return found
 
 
@@ -74,7 +66,7 @@ class HuatuoSFT(SourceFormat):
     default_treatment = "single_turn_qa"
 
     def read(self, ref: SourceRef) -> Iterator[SourceItem]:
-        if _is_file(ref.path):
+        if is_file(ref.path):
             yield from read_sharegpt_file(ref, ref.path)
             return
         present = {name.lower(): path for name, path in _by_name(ref.path).items()}
@@ -131,8 +123,8 @@ class HuatuoPretrain(SourceFormat):
 
     def read(self, ref: SourceRef) -> Iterator[SourceItem]:
         options = ref.options if isinstance(ref.options, HuatuoPretrainOptions) else HuatuoPretrainOptions()
-        if _is_file(ref.path):
-            match = _PRETRAIN_NAME.match(_basename(ref.path))
+        if is_file(ref.path):
+            match = _PRETRAIN_NAME.match(basename(ref.path))
             corpus = (_canonical_corpus(match["corpus"]) or match["corpus"]) if match else None
             part = f"{corpus}_{match['lang'].lower()}" if match else None
             yield from self._read_file(ref, ref.path, corpus, part)

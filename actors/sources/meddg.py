@@ -30,10 +30,11 @@ reported once as `ingest.not_selected`.
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -45,11 +46,12 @@ from actors.sources.common import (
     SourceItem,
     SourceOptions,
     SourceRef,
+    basename,
+    dialogue_from_utterances,
     failure,
     files_under,
-    make_dialogue,
-    map_turns,
-    merge_same_speaker,
+    is_file,
+    stem,
     text_lines,
 )
 from schemas import Gender
@@ -58,40 +60,12 @@ from storage.fs import resolve
 TXT_SUFFIXES = (".txt",)
 PICKLE_SUFFIXES = (".pk", ".pkl")
 SPLITS = ("train", "dev", "test")
-MERGE_SEP = "\n"
 # "（男，32岁）": full-width or ASCII brackets and comma (mixed too), 岁 optional.
 AGE_GENDER = re.compile(r"[（(]\s*([男女])\s*[，,]\s*(\d{1,3})\s*岁?\s*[）)]")
 MAX_AGE = 130
 _PATIENT_IDS = frozenset({"patients", "patient"})
 _PICKLE_ROLES = {"dis": "patient", "patients": "patient", "patient": "patient", "doc": "doctor", "doctor": "doctor"}
 _PREAMBLE_RAW_LINES = 20
-
-
-# -- shared by the dialogue adapters (cmtmedqa, meddialog import it) ------------------------
-
-def raw_text(raw: Any) -> str:
-    return raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False, default=str)
-
-
-def dialogue_from_utterances(ref: SourceRef, where: str, source_key: str, utterances: Sequence[tuple[str, str]],
-                             raw: Any, **fields: Any) -> SourceItem:
-    """(patient|doctor, text) utterances → a dialogue, or why not.
-
-    Utterances without text are left out (they carry nothing); consecutive utterances of
-    one speaker are merged (newline-joined); the result must start with the patient and
-    hold at least one doctor turn.
-    """
-    pairs = [(role, text.strip()) for role, text in utterances if text.strip()]
-    if not pairs:
-        return failure(where, "malformed", "no utterance has any text; the record is empty, check its source", raw)
-    pairs = merge_same_speaker(pairs, MERGE_SEP)
-    if all(role != "doctor" for role, _ in pairs):
-        return failure(where, "no_doctor_turn", "the dialogue has patient turns only (no doctor reply), so there is "
-                       "nothing to learn from it; nothing to fix unless the source lost the replies", raw)
-    turns = map_turns(pairs, where, raw)
-    if isinstance(turns, SourceItem):
-        return turns
-    return SourceItem(where, dialogue=make_dialogue(ref, source_key, turns, **fields), raw=raw_text(raw))
 
 
 def age_gender(text: str) -> tuple[Gender, int | None]:
@@ -101,20 +75,6 @@ def age_gender(text: str) -> tuple[Gender, int | None]:
         return "unknown", None
     age = int(match.group(2))
     return GENDER_WORDS[match.group(1)], age if age <= MAX_AGE else None
-
-
-def basename(path: str) -> str:
-    return path.rstrip("/").rsplit("/", 1)[-1]
-
-
-def stem(path: str) -> str:
-    name = basename(path)
-    return name.rsplit(".", 1)[0] if "." in name else name
-
-
-def is_file(path: str) -> bool:
-    loc = resolve(path)
-    return loc.fs.get_file_info(loc.root).type.name == "File"
 
 
 # -- MedDG ---------------------------------------------------------------------------------
@@ -158,6 +118,7 @@ def read_txt(ref: SourceRef, path: str) -> Iterator[SourceItem]:
     preamble: list[str] = []
     preamble_first = preamble_count = 0
     number = count = 0
+    broken = False
 
     def finish(d: _TxtDialogue) -> SourceItem:
         raw = "\n".join(d.lines)
@@ -171,11 +132,13 @@ def read_txt(ref: SourceRef, path: str) -> Iterator[SourceItem]:
     for entry in text_lines(path):
         if isinstance(entry, SourceItem):
             if entry.reason == "ingest.unreadable_file":  # the rest of the file cannot be decoded
-                if current is None:
-                    yield entry
-                else:
-                    current.fail("unreadable_file", f"the file cannot be decoded past this dialogue's start, so it "
-                                 f"may be cut off ({entry.detail})")
+                broken = True
+                if current is not None:  # may be cut off: held back, and the file's item follows
+                    current.fail("unreadable_file", f"the file cannot be decoded after line {number}, so this "
+                                 f"dialogue may be cut off; fix the file's encoding and rerun")
+                    yield finish(current)
+                    current = None
+                yield entry
                 break
             number += 1  # a line that is neither UTF-8 nor the file's encoding
             if current is None:
@@ -221,7 +184,7 @@ def read_txt(ref: SourceRef, path: str) -> Iterator[SourceItem]:
 
     if current is not None:
         yield finish(current)  # the last dialogue of the file, like every other
-    elif preamble_count:
+    elif preamble_count and not broken:
         yield failure(path, "unsupported_file", f"no line starts with 'dialog', so this is not a MedDG txt file "
                       f"({preamble_count} non-blank lines); point the source at train.txt/dev.txt/test.txt",
                       "\n".join(preamble))
@@ -240,7 +203,8 @@ def load_pickle(path: str) -> Any:
     """The object of a pickle file, through `_NoGlobals`; raises on a refused or corrupt file."""
     loc = resolve(path)
     with loc.fs.open_input_stream(loc.root) as stream:
-        return _NoGlobals(stream, encoding="utf-8").load()
+        # buffered: the arrow stream has no readline, which protocol-0 pickles need
+        return _NoGlobals(io.BufferedReader(stream, 1 << 16), encoding="utf-8").load()
 
 
 def _pickle_dialogue(ref: SourceRef, where: str, key: str, dialogue: Any) -> SourceItem:

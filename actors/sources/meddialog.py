@@ -36,8 +36,20 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from actors.sources.common import SourceFormat, SourceItem, SourceOptions, SourceRef, failure, files_under, json_records, text_lines
-from actors.sources.meddg import basename, dialogue_from_utterances, is_file
+from actors.sources.common import (
+    SourceFormat,
+    SourceItem,
+    SourceOptions,
+    SourceRef,
+    basename,
+    dialogue_from_utterances,
+    failure,
+    files_under,
+    is_file,
+    json_records,
+    stem,
+    text_lines,
+)
 from schemas import content_key
 
 RAW_SUFFIXES = (".txt",)
@@ -50,7 +62,6 @@ _SECTIONS = {"doctor faculty": "faculty", "description": "description", "dialogu
              "diagnosis and suggestions": "diagnosis"}
 _ROLE = {"病人": "patient", "患者": "patient", "医生": "doctor"}
 _RAW_SNIPPET = 200
-_BLOCK_RAW_LINES = 400
 
 
 class MedDialogOptions(SourceOptions):
@@ -93,7 +104,7 @@ class _Block:
     description: str = ""
     utterances: list[tuple[str, str]] = field(default_factory=list)
     section: str = "header"
-    awaiting: str | None = None  # "faculty" | "description" | "patient" | "doctor": the next line's text
+    awaiting: str | None = None  # "description" | "patient" | "doctor": whose text the next line is
     open_utterance: bool = False  # a further plain line continues the last utterance
     unattributed: list[str] = field(default_factory=list)  # dialogue text with no speaker line before it
     problem: tuple[str, str] | None = None
@@ -101,10 +112,6 @@ class _Block:
     def fail(self, reason: str, detail: str) -> None:
         if self.problem is None:
             self.problem = (reason, detail)
-
-    def add_line(self, line: str) -> None:
-        if len(self.lines) < _BLOCK_RAW_LINES:
-            self.lines.append(line)
 
     def take(self, text: str, number: int) -> None:
         """One non-blank line inside the block (not an `id=` line)."""
@@ -122,9 +129,6 @@ class _Block:
             return
         if self.awaiting == "description":
             self.description, self.awaiting = text, None
-            return
-        if self.awaiting == "faculty":
-            self.faculty, self.awaiting = text, None
             return
         if self.section == "faculty" and not self.faculty:
             self.faculty = text
@@ -160,10 +164,11 @@ class _Block:
 
 
 def _finish_block(ref: SourceRef, options: MedDialogOptions, block: _Block) -> SourceItem:
-    patient = block.patient_texts(options.include_description)
-    if not _selected(options, patient):
-        return _not_selected(block.where, options, patient, block.key)
     raw = "\n".join(block.lines)
+    text_missing = block.problem is not None and block.problem[0] in ("unreadable_file", "bad_encoding")
+    patient = block.patient_texts(options.include_description)
+    if not text_missing and not _selected(options, patient):  # (text it cannot read might mention a cough)
+        return _not_selected(block.where, options, patient, block.key)
     if block.problem is not None:
         return failure(block.where, block.problem[0], block.problem[1], raw)
     utterances = list(block.utterances)
@@ -185,19 +190,22 @@ def read_raw(ref: SourceRef, options: MedDialogOptions, path: str) -> Iterator[S
     block: _Block | None = None
     stray: list[str] = []
     stray_first = stray_count = 0
-    number = blocks = 0
+    number = 0
+    broken = False
     for entry in text_lines(path):
         if isinstance(entry, SourceItem):
-            if entry.reason == "ingest.unreadable_file":
-                if block is None:
-                    yield entry
-                else:
-                    block.fail("unreadable_file", f"the file cannot be decoded past this block's start, so it may "
-                               f"be cut off ({entry.detail})")
+            if entry.reason == "ingest.unreadable_file":  # the rest of the file cannot be decoded
+                broken = True
+                if block is not None:  # may be cut off: held back, and the file's item follows
+                    block.fail("unreadable_file", f"the file cannot be decoded after line {number}, so this block "
+                               f"may be cut off; fix the file's encoding and rerun")
+                    yield _finish_block(ref, options, block)
+                    block = None
+                yield entry
                 break
             number += 1
             if block is not None:
-                block.add_line(entry.raw)
+                block.lines.append(entry.raw)
                 block.fail("bad_encoding", f"line {number} cannot be decoded ({entry.detail}); re-save the file as "
                            f"UTF-8 and rerun, the block is held back so it is not read with text missing")
             else:
@@ -216,9 +224,8 @@ def read_raw(ref: SourceRef, options: MedDialogOptions, path: str) -> Iterator[S
                 yield failure(f"{path} line {stray_first}", "malformed",
                               f"{stray_count} line(s) from line {stray_first} come before the first 'id=' line and "
                               f"belong to no consultation; delete them or add an 'id=' line", "\n".join(stray))
-            key = opened.group(1)
-            block = _Block(key, number, f"{path} dialogue id={key} (line {number})", [text])
-            blocks += 1
+            key = f"{stem(path)}:{opened.group(1)}"  # ids may restart in each year's file
+            block = _Block(key, number, f"{path} dialogue id={opened.group(1)} (line {number})", [text])
             continue
         if block is None:
             stray_count += 1
@@ -226,11 +233,11 @@ def read_raw(ref: SourceRef, options: MedDialogOptions, path: str) -> Iterator[S
             if len(stray) < 20:
                 stray.append(text)
             continue
-        block.add_line(text)
+        block.lines.append(text)
         block.take(text, number)
     if block is not None:
         yield _finish_block(ref, options, block)  # the last block of the file, like every other
-    elif stray_count:
+    elif stray_count and not broken:
         yield failure(path, "unsupported_file", f"no line is an 'id=<n>' block start, so this is not a raw MedDialog "
                       f"file ({stray_count} non-blank lines); point the source at the <year>.txt files",
                       "\n".join(stray))
