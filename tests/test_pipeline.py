@@ -230,3 +230,42 @@ def test_stages_stream_and_shards_in_flight_are_bounded(tmp_path: Path) -> None:
         spans[shard] = (min(lo, c.committed_at - c.elapsed_s), max(hi, c.committed_at))
     ordered = sorted(spans.values())
     assert all(prev[1] <= nxt[0] + 0.01 for prev, nxt in zip(ordered, ordered[1:]))
+
+
+FIXTURES = REPO / "tests" / "fixtures" / "sources"
+ALL_SOURCES = [
+    {"name": "cmb", "format": "cmb_exam", "path": str(FIXTURES / "cmb" / "CMB-Exam" / "CMB-train" / "CMB-train-merge.json")},
+    {"name": "cmexam", "format": "cmexam", "path": str(FIXTURES / "cmexam" / "data")},
+    {"name": "encyclopedia", "format": "huatuo_pretrain", "path": str(FIXTURES / "huatuo" / "HuatuoGPT2-Pretraining-Instruction"),
+     "options": {"corpora": ["Encyclopedia", "Books"]}},
+    {"name": "huatuo_sft", "format": "huatuo_sft", "path": str(FIXTURES / "huatuo" / "HuatuoGPT2-SFT-GPT4-140K"), "sample_ratio": 0.9},
+    {"name": "cmtmedqa", "format": "cmtmedqa", "path": str(FIXTURES / "cmtmedqa" / "CMtMedQA.json")},
+    {"name": "meddg", "format": "meddg", "path": str(FIXTURES / "meddg")},
+    {"name": "safety", "format": "medsafety", "path": str(FIXTURES / "medsafety" / "datasets")},
+    {"name": "cough", "format": "meddialog", "path": str(FIXTURES / "meddialog" / "2020.txt")},
+]
+
+
+def test_every_source_format_through_the_pipeline_reconciles(tmp_path: Path) -> None:
+    import json
+
+    stages = [_stage("prefilter", "prefilter"), _stage("normalize", "normalize")]
+    cfg = {"seed": 11, "num_shards": 3, "ingest_part_size": 16, "sources": ALL_SOURCES, "stages": stages,
+           "exports": [{"name": "All", "stage": "normalize"}]}
+    run = tmp_path / "run"
+    result = _run(cfg, run)
+    plan = json.loads((run / "plan" / "plan.json").read_text())["sources"]
+    assert set(plan) == {s["name"] for s in ALL_SOURCES}
+    for name, counts in plan.items():
+        assert counts["written"] > 0, name
+        assert counts["read"] == sum(counts.get(k, 0) for k in ("sampled_out", "written", "rejected", "duplicates")), name
+    status = {s.name: s for s in run_status(RunDir(str(run))).stages}
+    assert status["ingest"].rows_out == sum(c["written"] for c in plan.values())
+    for name in ("prefilter", "normalize"):
+        assert status[name].rows_in == status[name].rows_out + status[name].rows_rejected
+    # English safety demonstrations are translated later: the prefilter must keep them.
+    treatments = Counter(t for t in pq.read_table(run / "datasets" / "All" / "data").column("treatment").to_pylist())
+    assert treatments["safety"] > 0 and set(treatments) == {
+        "knowledge_qa", "encyclopedia", "single_turn_qa", "consultation", "safety", "cough"}
+    assert result.exports["All"] == sum(treatments.values())
+    assert verify(RunDir(str(run))) == []
