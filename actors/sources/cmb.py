@@ -179,7 +179,7 @@ class CMBExam(SourceFormat):
         files: str = "*-merge.json"
 
     def read(self, ref: SourceRef) -> Iterator[SourceItem]:
-        options = ref.options if isinstance(ref.options, CMBExam.Options) else CMBExam.Options()
+        options = self.options_of(ref)
         paths = files_under(ref.path, (".json", ".jsonl"))
         if not paths:
             yield _missing(ref.path, "CMB-Exam .json file")

@@ -112,7 +112,7 @@ class CMtMedQA(SourceFormat):
     Options = CMtMedQAOptions
 
     def read(self, ref: SourceRef) -> Iterator[SourceItem]:
-        options = ref.options if isinstance(ref.options, CMtMedQAOptions) else CMtMedQAOptions()
+        options = self.options_of(ref)
         try:
             single = is_file(ref.path)
             candidates = [] if single else sorted(files_under(ref.path, (".json",)), key=lambda p: (p.count("/"), p))

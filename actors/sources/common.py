@@ -71,6 +71,12 @@ class SourceFormat(ABC):
     def read(self, ref: SourceRef) -> Iterator[SourceItem]:
         """Every record of the source, in file order, mapped or quarantined."""
 
+    def options_of(self, ref: SourceRef) -> Any:
+        """`ref.options` as this format's Options (its defaults when given the bare base)."""
+        if isinstance(ref.options, self.Options):
+            return ref.options
+        return self.Options.model_validate(ref.options.model_dump())
+
 
 def make_dialogue(ref: SourceRef, source_key: str, turns: list[Turn], **fields: Any) -> SourceDialogue:
     return SourceDialogue(id=record_id(ref.name, source_key), source=ref.name, source_key=source_key,

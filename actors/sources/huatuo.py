@@ -122,7 +122,7 @@ class HuatuoPretrain(SourceFormat):
     Options = HuatuoPretrainOptions
 
     def read(self, ref: SourceRef) -> Iterator[SourceItem]:
-        options = ref.options if isinstance(ref.options, HuatuoPretrainOptions) else HuatuoPretrainOptions()
+        options = self.options_of(ref)
         if is_file(ref.path):
             match = _PRETRAIN_NAME.match(basename(ref.path))
             corpus = (_canonical_corpus(match["corpus"]) or match["corpus"]) if match else None

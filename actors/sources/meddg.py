@@ -276,7 +276,7 @@ class MedDG(SourceFormat):
     Options = MedDGOptions
 
     def read(self, ref: SourceRef) -> Iterator[SourceItem]:
-        options = ref.options if isinstance(ref.options, MedDGOptions) else MedDGOptions()
+        options = self.options_of(ref)
         try:
             single = is_file(ref.path)
             found = {} if single else self._by_split(ref.path)

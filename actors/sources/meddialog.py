@@ -299,7 +299,7 @@ class MedDialog(SourceFormat):
     Options = MedDialogOptions
 
     def read(self, ref: SourceRef) -> Iterator[SourceItem]:
-        options = ref.options if isinstance(ref.options, MedDialogOptions) else MedDialogOptions()
+        options = self.options_of(ref)
         try:
             paths = [ref.path] if is_file(ref.path) else files_under(ref.path, RAW_SUFFIXES + PROCESSED_SUFFIXES)
         except OSError as exc:

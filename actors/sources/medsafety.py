@@ -61,7 +61,7 @@ class MedSafety(SourceFormat):
         generators: tuple[Generator, ...] = ("gpt4",)
 
     def read(self, ref: SourceRef) -> Iterator[SourceItem]:
-        options = ref.options if isinstance(ref.options, MedSafety.Options) else MedSafety.Options()
+        options = self.options_of(ref)
         paths = files_under(ref.path, (".csv",))
         if not paths:
             yield failure(ref.path, "no_input", "no MedSafetyBench .csv file found at this path; point the source "
