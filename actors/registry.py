@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from actors.base import Stage
+from actors.llm_filter import LLMFilterStage
 from actors.prefilter import Prefilter
 from actors.simulate import SimulatedEngineStage
 from actors.normalize import NormalizeStage
 
 STAGE_KINDS: dict[str, type[Stage]] = {
-    cls.kind: cls for cls in (Prefilter, NormalizeStage, SimulatedEngineStage)
+    cls.kind: cls for cls in (Prefilter, NormalizeStage, SimulatedEngineStage, LLMFilterStage)
 }
 
 

@@ -218,6 +218,18 @@ def ingest(
     out.print(f"→ {report.outputs['accepted']}, {report.outputs['rejected']}")
 
 
+@app.command(name="tiny-model")
+def tiny_model(out_dir: Annotated[Path, typer.Argument(help="folder to write the model and tokenizer to")]) -> None:
+    """Make the tiny random Qwen2-architecture model that tests and the demo use.
+
+    Its answers are schema-valid (structured outputs) but meaningless: configure a real
+    checkpoint (e.g. Qwen2.5-14B-Instruct) for real data."""
+    from pipeline.tinymodel import make_tiny_model
+
+    make_tiny_model(out_dir)
+    out.print(f"wrote a tiny random Qwen2 model to {out_dir} (for tests and the demo; its outputs are meaningless)")
+
+
 @app.command()
 def demo(
     run_uri: Annotated[str, typer.Option("--run", help="run directory")] = "runs/demo",

@@ -263,7 +263,10 @@ class Scheduler:
 
 
 def _root_cause(exc: BaseException) -> str:
-    """The last line of the original error, without Ray's wrapping."""
-    text = str(exc).strip().splitlines()
-    errors = [line.strip() for line in text if "Error" in line and ":" in line]
-    return errors[-1] if errors else (text[-1] if text else type(exc).__name__)
+    """The original error without Ray's wrapping: its last `...Error: ...` line and the
+    few lines after it (validation errors put their details there)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    starts = [i for i, line in enumerate(lines) if "Error" in line and ":" in line]
+    if not starts:
+        return lines[-1] if lines else type(exc).__name__
+    return " ".join(lines[starts[-1] : starts[-1] + 4])

@@ -17,6 +17,9 @@ for _key, _value in LOOPBACK_ENV.items():
     os.environ.setdefault(_key, _value)
 # Credentials for the S3-compatible server the tests start on 127.0.0.1 (moto). Set before
 # the Ray head starts, so its workers inherit them; no instance-metadata lookups.
+# vLLM on CPU (ENVIRONMENT.md): a small KV cache, caches in a folder of the test session.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ["VLLM_CACHE_ROOT"] = tempfile.mkdtemp(prefix="speechmed-vllm-")
 # A private Hugging Face datasets cache: loads in tests must read what the test wrote.
 os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="speechmed-hf-")
 os.environ.update({"AWS_ACCESS_KEY_ID": "speechmed-test", "AWS_SECRET_ACCESS_KEY": "speechmed-test",
@@ -43,6 +46,14 @@ def ray_connected(ray_address: str) -> Iterator[str]:
         yield ray_address
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random Qwen2 model, made once per session (`speechmed tiny-model`)."""
+    from pipeline.tinymodel import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
 def write_dialogues(path: Path, n: int, *, bad_every: int = 0) -> Path:

@@ -1,0 +1,68 @@
+"""The LLM engine interface and its configuration.
+
+`LLMEngine.generate(requests) -> responses`, one response per request, in order. A request
+carries chat messages, sampling parameters, a seed, and an optional output constraint (a
+JSON schema or a list of choices) that the engine enforces while decoding. Implementations:
+`vllm` (the engine inside the actor, `actors.engines.vllm_engine`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Sampling(_Strict):
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    max_tokens: int = Field(512, ge=1)
+
+
+class LLMRequest(_Strict):
+    messages: list[dict[str, str]]
+    seed: int
+    sampling: Sampling = Sampling()
+    json_schema: dict[str, Any] | None = None
+    choice: list[str] | None = None
+
+
+class LLMResponse(_Strict):
+    text: str
+    finish_reason: str | None = None
+
+
+class EngineConfig(_Strict):
+    """Which engine a stage uses and how it is loaded; part of the stage's fingerprint
+    (except the fields that only change speed, see `output_fields`)."""
+
+    kind: Literal["vllm"] = "vllm"
+    model: str = Field(description="a checkpoint folder (or a model id the engine can resolve)")
+    tensor_parallel_size: int = Field(1, ge=1)
+    max_model_len: int = Field(4096, ge=64)
+    enforce_eager: bool = False
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+
+    def output_fields(self) -> dict[str, Any]:
+        """What changes answers (the model), not how fast they come."""
+        return {"kind": self.kind, "model": self.model, "max_model_len": self.max_model_len}
+
+
+class LLMEngine(ABC):
+    @abstractmethod
+    def generate(self, requests: list[LLMRequest]) -> list[LLMResponse]:
+        """One response per request, in order; the engine batches them as it likes."""
+
+
+def build_engine(config: EngineConfig) -> LLMEngine:
+    """Load the configured engine (imports the heavy package only here)."""
+    if config.kind == "vllm":
+        from actors.engines.vllm_engine import VLLMEngine
+
+        return VLLMEngine(config)
+    raise ValueError(f"unknown engine kind {config.kind!r}")
