@@ -21,7 +21,7 @@ from schemas.llm import FilterAnswer
 
 class FilterParams(StageParams):
     engine: EngineConfig
-    sampling: Sampling = Sampling(temperature=0.2, max_tokens=128)
+    sampling: Sampling = Sampling(temperature=0.2, max_tokens=256)  # room for a 60-character reason
     max_attempts: int = Field(3, ge=1, description="answers tried per record before it is rejected as unparseable")
 
 

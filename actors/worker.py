@@ -17,6 +17,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 from actors.base import Stage, StageResult
+from actors.engines import EngineUnavailable
 from actors.registry import build_stage
 from schemas import Record, Rejection, from_table, to_table
 from storage.markers import PartCommit
@@ -52,6 +53,8 @@ def process_with_retries(stage: Stage, batch: list[Record], max_row_retries: int
     """
     try:
         return stage.process(batch)
+    except EngineUnavailable:
+        raise  # not the rows' fault: the micro-batch fails and is redone later
     except Exception:  # noqa: BLE001 - any stage error is handled row by row below
         log.warning("%s: batch of %d failed; retrying row by row", stage.name, len(batch), exc_info=True)
     result: StageResult = StageResult()
@@ -60,6 +63,8 @@ def process_with_retries(stage: Stage, batch: list[Record], max_row_retries: int
         for _ in range(max_row_retries + 1):
             try:
                 one = stage.process([record])
+            except EngineUnavailable:
+                raise
             except Exception as exc:  # noqa: BLE001
                 error = exc
                 continue

@@ -21,7 +21,7 @@ class _Answer(BaseModel):
 
 class FilterAnswer(_Answer):
     keep: bool
-    reason: str = Field(max_length=120)
+    reason: str = Field(max_length=60)
 
 
 class Round(_Answer):

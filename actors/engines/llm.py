@@ -3,7 +3,8 @@
 `LLMEngine.generate(requests) -> responses`, one response per request, in order. A request
 carries chat messages, sampling parameters, a seed, and an optional output constraint (a
 JSON schema or a list of choices) that the engine enforces while decoding. Implementations:
-`vllm` (the engine inside the actor, `actors.engines.vllm_engine`).
+`vllm` (the engine inside the actor, `actors.engines.vllm_engine`) and `openai` (any
+OpenAI-compatible endpoint, `actors.engines.openai_engine`).
 """
 
 from __future__ import annotations
@@ -41,12 +42,18 @@ class EngineConfig(_Strict):
     """Which engine a stage uses and how it is loaded; part of the stage's fingerprint
     (except the fields that only change speed, see `output_fields`)."""
 
-    kind: Literal["vllm"] = "vllm"
-    model: str = Field(description="a checkpoint folder (or a model id the engine can resolve)")
+    kind: Literal["vllm", "openai"] = "vllm"
+    model: str = Field(description="vllm: a checkpoint folder; openai: the served model name")
     tensor_parallel_size: int = Field(1, ge=1)
     max_model_len: int = Field(4096, ge=64)
     enforce_eager: bool = False
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    # openai (any OpenAI-compatible endpoint)
+    base_url: str | None = Field(None, description="e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="the environment variable holding the key; the key itself never goes in a config")
+    max_concurrency: int = Field(16, ge=1)
+    request_timeout_s: float = Field(120, gt=0)
+    max_retries: int = Field(8, ge=0)
 
     def output_fields(self) -> dict[str, Any]:
         """What changes answers (the model), not how fast they come."""
@@ -65,4 +72,8 @@ def build_engine(config: EngineConfig) -> LLMEngine:
         from actors.engines.vllm_engine import VLLMEngine
 
         return VLLMEngine(config)
+    if config.kind == "openai":
+        from actors.engines.openai_engine import OpenAIEngine
+
+        return OpenAIEngine(config)
     raise ValueError(f"unknown engine kind {config.kind!r}")

@@ -12,8 +12,15 @@ from actors.engines.llm import EngineConfig, LLMEngine, LLMRequest, LLMResponse
 class VLLMEngine(LLMEngine):
     def __init__(self, config: EngineConfig):
         from vllm import LLM  # heavy: only in the actor that needs it
+        from vllm.platforms import current_platform
 
         self.config = config
+        extra = {}
+        if current_platform.is_cpu():
+            # vLLM's CPU runner crashes rewinding a seeded request's generator after a
+            # partial (chunked) prefill ("CPU Generator does not use offset"); we seed every
+            # request, so prefill whole prompts on CPU.
+            extra = {"enable_chunked_prefill": False, "max_num_batched_tokens": max(config.max_model_len, 2048)}
         self.llm = LLM(
             model=config.model,
             tensor_parallel_size=config.tensor_parallel_size,
@@ -21,6 +28,7 @@ class VLLMEngine(LLMEngine):
             enforce_eager=config.enforce_eager,
             gpu_memory_utilization=config.gpu_memory_utilization,
             structured_outputs_config={"backend": "guidance", "disable_any_whitespace": True},
+            **extra,
         )
 
     def generate(self, requests: list[LLMRequest]) -> list[LLMResponse]:

@@ -1,0 +1,107 @@
+"""Any OpenAI-compatible chat endpoint (`vllm serve`, a hosted Qwen API) over async HTTP.
+
+Requests run concurrently up to `max_concurrency`; 429, 5xx, timeouts and refused
+connections are retried with exponential backoff and jitter (honouring Retry-After), up to
+`max_retries`. When retries run out the engine raises `EngineUnavailable`, which fails the
+micro-batch (it is redone on resume) instead of rejecting its rows. The API key is read
+from the environment variable the config names, never from the config itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from actors.engines import EngineUnavailable
+from actors.engines.llm import EngineConfig, LLMEngine, LLMRequest, LLMResponse
+
+RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _body(model: str, request: LLMRequest) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": request.messages,
+        "temperature": request.sampling.temperature,
+        "top_p": request.sampling.top_p,
+        "max_tokens": request.sampling.max_tokens,
+        "seed": request.seed,
+    }
+    if request.json_schema is not None:
+        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": request.json_schema}}
+    elif request.choice is not None:
+        body["structured_outputs"] = {"choice": request.choice}  # vLLM's extra field
+    return body
+
+
+class OpenAIEngine(LLMEngine):
+    def __init__(self, config: EngineConfig):
+        if not config.base_url:
+            raise ValueError("an openai engine needs base_url (e.g. http://127.0.0.1:8000/v1)")
+        self.config = config
+        self.api_key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
+
+    def generate(self, requests: list[LLMRequest]) -> list[LLMResponse]:
+        return asyncio.run(self._generate(requests))
+
+    async def _generate(self, requests: list[LLMRequest]) -> list[LLMResponse]:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        limits = httpx.Limits(max_connections=self.config.max_concurrency)
+        gate = asyncio.Semaphore(self.config.max_concurrency)
+        async with httpx.AsyncClient(base_url=self.config.base_url, headers=headers, limits=limits,
+                                     timeout=self.config.request_timeout_s) as client:
+            return list(await asyncio.gather(*(self._one(client, gate, r) for r in requests)))
+
+    async def _one(self, client: httpx.AsyncClient, gate: asyncio.Semaphore, request: LLMRequest) -> LLMResponse:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(lambda e: isinstance(e, _Retryable)),
+            stop=stop_after_attempt(self.config.max_retries + 1),
+            wait=_wait,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    async with gate:
+                        return await self._post(client, request)
+        except _Retryable as exc:
+            raise EngineUnavailable(
+                f"{self.config.base_url}: no answer after {self.config.max_retries} retries ({exc}); "
+                "the micro-batch is left uncommitted, `speechmed resume` redoes it"
+            ) from None
+        raise AssertionError("unreachable")
+
+    async def _post(self, client: httpx.AsyncClient, request: LLMRequest) -> LLMResponse:
+        try:
+            response = await client.post("/chat/completions", json=_body(self.config.model, request))
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
+        if response.status_code in RETRY_STATUS:
+            after = response.headers.get("retry-after")
+            raise _Retryable(f"HTTP {response.status_code}", float(after) if after and after.isdigit() else None)
+        if response.status_code >= 400:
+            # A request the server will never accept (bad schema, prompt too long): not retried.
+            raise RuntimeError(f"HTTP {response.status_code}: {response.text[:500]}")
+        choice = response.json()["choices"][0]
+        return LLMResponse(text=choice["message"]["content"] or "", finish_reason=choice.get("finish_reason"))
+
+
+_backoff = wait_exponential_jitter(initial=0.5, max=30)
+
+
+def _wait(state: RetryCallState) -> float:
+    """Exponential backoff with jitter, or the server's Retry-After when it gives one."""
+    exc = state.outcome.exception() if state.outcome else None
+    if isinstance(exc, _Retryable) and exc.retry_after is not None:
+        return min(exc.retry_after, 60.0)
+    return _backoff(state)

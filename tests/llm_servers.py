@@ -1,0 +1,118 @@
+"""Servers for the LLM tests, all on 127.0.0.1: the real vLLM OpenAI-compatible server on
+the tiny model, and a fault-injecting proxy in front of it."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def vllm_server(model: Path, log: Path) -> Iterator[str]:
+    """`python -m vllm.entrypoints.openai.api_server` on the model; yields its /v1 URL."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+           "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
+           "--max-model-len", "4096", "--structured-outputs-config", '{"backend": "guidance", "disable_any_whitespace": true}',
+           # Seeded requests crash vLLM's CPU runner after a chunked prefill (see vllm_engine.py).
+           "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096"]
+    with log.open("wb") as out:
+        server = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+        base = f"http://127.0.0.1:{port}/v1"
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                if server.poll() is not None:
+                    raise RuntimeError(f"vLLM server exited: {log.read_text()[-3000:]}")
+                try:
+                    if httpx.get(f"{base}/models", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"vLLM server not ready: {log.read_text()[-3000:]}")
+                time.sleep(0.5)
+            yield base
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+class FaultProxy:
+    """Forwards /v1 requests to `upstream`, except while told to fail: answer 429 to the
+    next `throttle` requests, or drop connections while `down` (a dead server)."""
+
+    def __init__(self, upstream: str):
+        self.upstream = upstream
+        self.throttle = 0
+        self.down = False
+        self.served_429 = 0
+        self.dropped = 0
+        self.forwarded = 0
+        self.auth_headers: list[str | None] = []
+        self.errors: list[str] = []
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                proxy.auth_headers.append(self.headers.get("authorization"))
+                with proxy.lock:
+                    if proxy.down:
+                        proxy.dropped += 1
+                        self.close_connection = True
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        return
+                    if proxy.throttle > 0:
+                        proxy.throttle -= 1
+                        proxy.served_429 += 1
+                        self.send_response(429)
+                        self.send_header("retry-after", "1")
+                        self.send_header("content-length", "0")
+                        self.end_headers()
+                        return
+                path = self.path.removeprefix("/v1")
+                try:
+                    reply = httpx.post(f"{proxy.upstream}{path}", content=body, timeout=120,
+                                       headers={"content-type": "application/json"})
+                except httpx.HTTPError as exc:
+                    proxy.errors.append(repr(exc))
+                    raise
+                with proxy.lock:
+                    proxy.forwarded += 1
+                self.send_response(reply.status_code)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(reply.content)))
+                self.end_headers()
+                self.wfile.write(reply.content)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
