@@ -47,7 +47,8 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
-def _execute(config: PipelineConfig, uri: str, command: str, address: str | None, as_json: bool) -> RunResult:
+def _execute(config: PipelineConfig, uri: str, command: str, address: str | None, as_json: bool) -> None:
+    """Run the pipeline with live progress, then print what it did."""
     stages = [INGEST, *(s.name for s in config.stages)]
     with Progress(TextColumn("{task.description:>12}"), BarColumn(), MofNCompleteColumn(), TextColumn("shards"),
                   TimeElapsedColumn(), console=err, disable=as_json, transient=False) as progress:
@@ -57,7 +58,8 @@ def _execute(config: PipelineConfig, uri: str, command: str, address: str | None
             if isinstance(event, ShardSeal):
                 progress.advance(tasks[stage])
 
-        progress.update(tasks[INGEST], completed=len(RunDir(uri).seals(INGEST)) if RunDir(uri).exists() else 0)
+        rundir = RunDir(uri)
+        progress.update(tasks[INGEST], completed=len(rundir.seals(INGEST)) if rundir.exists() else 0)
         try:
             result = execute(config, uri, command=command, ray_address=address, on_progress=on_progress)
         except RunLocked as exc:
@@ -66,7 +68,7 @@ def _execute(config: PipelineConfig, uri: str, command: str, address: str | None
             _fail(f"{exc}", EXIT_FAILED)
         for name in stages:
             progress.update(tasks[name], completed=config.num_shards)
-    return result
+    _report(result, uri, as_json)
 
 
 def _report(result: RunResult, uri: str, as_json: bool) -> None:
@@ -102,8 +104,7 @@ def run(
         cfg = load_config(str(config))
     except ConfigError as exc:
         _fail(str(exc), EXIT_USAGE)
-    result = _execute(cfg, run_uri, f"speechmed run {config} --run {run_uri}", address, as_json)
-    _report(result, run_uri, as_json)
+    _execute(cfg, run_uri, f"speechmed run {config} --run {run_uri}", address, as_json)
 
 
 @app.command()
@@ -119,8 +120,7 @@ def resume(
         cfg = load_run_config(RunDir(run_uri))
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc), EXIT_USAGE)
-    result = _execute(cfg, run_uri, f"speechmed resume {run_uri}", address, as_json)
-    _report(result, run_uri, as_json)
+    _execute(cfg, run_uri, f"speechmed resume {run_uri}", address, as_json)
 
 
 def _fmt_eta(seconds: float | None) -> str:
@@ -240,8 +240,7 @@ def demo(
     _logging(False)
     config_path = files("pipeline") / "demo" / "demo.yaml"
     cfg = load_config(str(config_path))
-    result = _execute(cfg, run_uri, f"speechmed demo --run {run_uri}", address, as_json)
-    _report(result, run_uri, as_json)
+    _execute(cfg, run_uri, f"speechmed demo --run {run_uri}", address, as_json)
     if not as_json:
         out.print(f"load it: datasets.load_dataset('{run_uri}/datasets/SampleDialogues')")
 

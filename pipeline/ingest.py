@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from actors.sources import SourceRef, source_format
-from schemas import Rejection, SourceDialogue, Treatment, arrow_schema, record_id, to_table
+from schemas import Rejection, SourceDialogue, Treatment, arrow_schema, to_table
 
 BATCH = 2048
 
@@ -68,8 +68,7 @@ def ingest_one(fmt: str, path: str, out: Path, *, name: str | None = None,
                 accepted.add(item.dialogue)
                 report.written += 1
             else:
-                rejected.add(Rejection(id=record_id(ref.name, item.location), stage="ingest", reason=item.reason,
-                                       detail=item.detail, record_json=item.raw))
+                rejected.add(item.rejection(ref.name))
                 reasons[item.reason] += 1
                 report.rejected += 1
     finally:

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from actors.sources import source_format
 from pipeline.config import PipelineConfig
-from schemas import Rejection, SourceDialogue, record_id, shard_of, to_table
+from schemas import Rejection, SourceDialogue, shard_of, to_table
 from storage.markers import ShardSeal
 from storage.rundir import RunDir
 
@@ -112,10 +112,9 @@ def _read_and_sample(config: PipelineConfig, spill: _Spill, counts: _Counts, lim
         for item in source_format(source.format)().read(ref):
             counts.add(ref.name, "read")
             if item.dialogue is None:
-                rid = record_id(ref.name, item.location)
-                row = {"id": rid, "order": order, "source": ref.name, "sample": 0.0, "content": rid,
-                       "rejected": True, "payload": Rejection(id=rid, stage=INGEST, reason=item.reason,
-                                                              detail=item.detail, record_json=item.raw).model_dump_json()}
+                rejection = item.rejection(ref.name)
+                row = {"id": rejection.id, "order": order, "source": ref.name, "sample": 0.0, "content": rejection.id,
+                       "rejected": True, "payload": rejection.model_dump_json()}
             else:
                 point = sample_point(config.seed, item.dialogue.id)
                 if point >= source.sample_ratio:
@@ -193,7 +192,7 @@ def _commit_shard(rundir: RunDir, config: PipelineConfig, shard: int, rows: list
             rejected_by_reason=dict(Counter(r.reason for r in rejections)),
             elapsed_s=time.perf_counter() - started, session=session, fence=fence,
         ))
-    seal = seal_from_commits(INGEST, shard, fingerprint, commits)
+    seal = ShardSeal.from_commits(INGEST, shard, fingerprint, commits)
     rundir.seal(seal)
     return seal
 
@@ -227,16 +226,3 @@ def plan_ingest(run_uri: str, config: PipelineConfig, fingerprint: str, session:
         "rows_per_shard": {s: seal.rows_in for s, seal in sorted(sealed.items())},
     }, indent=2).encode())
     return sealed
-
-
-def seal_from_commits(stage: str, shard: int, fingerprint: str, commits: list) -> ShardSeal:
-    """A shard's seal: the sums of its part commits."""
-    reasons: Counter = Counter()
-    for c in commits:
-        reasons.update(c.rejected_by_reason)
-    return ShardSeal(
-        stage=stage, shard=shard, fingerprint=fingerprint, parts=len(commits),
-        rows_in=sum(c.rows_in for c in commits), rows_out=sum(c.rows_out for c in commits),
-        rows_rejected=sum(c.rows_rejected for c in commits), rejected_by_reason=dict(reasons),
-        sealed_at=time.time(),
-    )

@@ -22,7 +22,6 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from actors.worker import PartRunner, StageSpec
 from pipeline.config import Resources
-from pipeline.plan import seal_from_commits
 from storage.markers import PartCommit, ShardSeal
 from storage.rundir import CommitRefused, RunDir
 
@@ -134,7 +133,7 @@ class Scheduler:
         if len(work.commits) < work.parts:
             return
         commits = [work.commits[p] for p in range(work.parts)]
-        seal = seal_from_commits(pool.spec.name, work.shard, pool.spec.fingerprint, commits)
+        seal = ShardSeal.from_commits(pool.spec.name, work.shard, pool.spec.fingerprint, commits)
         self.rundir.seal(seal)
         pool.sealed[work.shard] = seal
         del pool.active[work.shard]

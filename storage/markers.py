@@ -5,6 +5,9 @@ They are the source of truth of a run directory: the manifest is derived from th
 
 from __future__ import annotations
 
+import time
+from collections import Counter
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -55,6 +58,19 @@ class ShardSeal(_Marker):
     rows_rejected: int
     rejected_by_reason: dict[str, int] = {}
     sealed_at: float
+
+    @classmethod
+    def from_commits(cls, stage: str, shard: int, fingerprint: str, commits: list[PartCommit]) -> "ShardSeal":
+        """A shard's seal: the sums of its part commits (in part order)."""
+        reasons: Counter[str] = Counter()
+        for c in commits:
+            reasons.update(c.rejected_by_reason)
+        return cls(
+            stage=stage, shard=shard, fingerprint=fingerprint, parts=len(commits),
+            rows_in=sum(c.rows_in for c in commits), rows_out=sum(c.rows_out for c in commits),
+            rows_rejected=sum(c.rows_rejected for c in commits), rejected_by_reason=dict(reasons),
+            sealed_at=time.time(),
+        )
 
 
 class StageStamp(_Marker):

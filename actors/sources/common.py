@@ -20,7 +20,7 @@ from typing import Any, BinaryIO, ClassVar
 import ijson
 from pydantic import BaseModel, ConfigDict
 
-from schemas import Gender, SourceDialogue, Treatment, Turn, record_id
+from schemas import Gender, Rejection, SourceDialogue, Treatment, Turn, record_id
 from storage.fs import list_files, resolve
 
 PATIENT_ROLES = frozenset({"human", "user", "patient", "patients", "病人", "患者"})
@@ -37,6 +37,11 @@ class SourceItem:
     reason: str = ""
     detail: str = ""
     raw: str = ""
+
+    def rejection(self, source: str) -> Rejection:
+        """This quarantined item as an ingest rejection, its id derived from its location."""
+        return Rejection(id=record_id(source, self.location), stage="ingest", reason=self.reason,
+                         detail=self.detail, record_json=self.raw)
 
 
 def failure(where: str, reason: str, detail: str, raw: Any = "") -> SourceItem:
