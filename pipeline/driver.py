@@ -95,7 +95,7 @@ def prepare(rundir: RunDir, config: PipelineConfig, prints: dict[str, str]) -> t
         updated_at=now,
     )
     rundir.write_model("run.json", info)
-    invalidated, cleaned = [], 0
+    invalidated, cleaned = [], len(rundir.clean_temp_files())
     stage_names = [INGEST, *(s.name for s in config.stages)]
     kinds = {INGEST: INGEST, **{s.name: s.kind for s in config.stages}}
     for name in stage_names:

@@ -264,6 +264,16 @@ class RunDir:
                 removed.append(rel)
         return removed
 
+    def clean_temp_files(self) -> list[str]:
+        """Delete every temporary file in the run (a driver killed mid-write leaves them,
+        e.g. beside run.json or in an export). Only run while holding the lock."""
+        removed = []
+        for path in list_files(self.loc, self.loc.root):
+            if is_temp(path):
+                self.loc.fs.delete_file(path)
+                removed.append(self.loc.rel(path))
+        return removed
+
     def stages_on_disk(self) -> list[str]:
         """Top-level directories that carry a stage stamp."""
         selector = pafs.FileSelector(self.loc.root, allow_not_found=True)

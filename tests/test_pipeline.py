@@ -269,3 +269,17 @@ def test_every_source_format_through_the_pipeline_reconciles(tmp_path: Path) -> 
         "knowledge_qa", "encyclopedia", "single_turn_qa", "consultation", "safety", "cough"}
     assert result.exports["All"] == sum(treatments.values())
     assert verify(RunDir(str(run))) == []
+
+
+def test_resume_removes_temp_files_a_killed_driver_left_anywhere(tmp_path: Path) -> None:
+    source = write_dialogues(tmp_path / "in.json", 8)
+    run = tmp_path / "run"
+    cfg = pipeline_config(source, stages=[_stage("normalize", "normalize")], num_shards=1,
+                          exports=[{"name": "Out", "stage": "normalize"}])
+    _run(cfg, run)
+    # As if killed while replacing run.json, or while writing an export file.
+    (run / ".tmp-0123abcd-run.json").write_text("{")
+    (run / "datasets" / "Out" / ".tmp-4567cdef-README.md").write_text("half")
+    assert len(verify(RunDir(str(run)))) == 2
+    assert _run(cfg, run).cleaned == 2
+    assert verify(RunDir(str(run))) == []
