@@ -49,6 +49,10 @@ class Stage(ABC, Generic[In, Out]):
     # The output field naming the input record a row came from. "id" for 1:1 stages; a
     # fan-out stage (one dialogue → many utterances) names its parent-id field instead.
     parent_id_field: ClassVar[str] = "id"
+    # True when `process` may run on several micro-batches at once in one actor (its
+    # engine batches concurrent calls together); the actor then runs up to
+    # `parts_in_flight_per_actor` of them concurrently instead of queueing them.
+    concurrent: ClassVar[bool] = False
 
     def __init__(self, name: str, params: StageParams, run_seed: int):
         self.name = name

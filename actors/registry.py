@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from actors.base import Stage
+from actors.demographics import DemographicsStage
 from actors.llm_filter import LLMFilterStage
 from actors.prefilter import Prefilter
-from actors.simulate import SimulatedEngineStage
 from actors.normalize import NormalizeStage
+from actors.rewrite import RewriteStage
+from actors.simulate import SimulatedEngineStage
 
 STAGE_KINDS: dict[str, type[Stage]] = {
-    cls.kind: cls for cls in (Prefilter, NormalizeStage, SimulatedEngineStage, LLMFilterStage)
+    cls.kind: cls for cls in (Prefilter, NormalizeStage, SimulatedEngineStage, LLMFilterStage, RewriteStage, DemographicsStage)
 }
 
 

@@ -1,8 +1,11 @@
-"""Checks a structured rewrite must pass before it is accepted.
+"""Checks a structured rewrite must pass before it is accepted, and the per-turn pattern
+the engine decodes under.
 
 The JSON schema given to the engine already bounds the shape (rounds of {patient, doctor},
-their count, each turn's length); these checks cover what a schema cannot: text that does
-not read aloud, too few follow-up questions, and the cough placeholder rules.
+their count, each turn's length) and, through `turn_pattern`, keeps unspeakable characters
+out while decoding; these checks cover what a schema cannot (links, too few follow-up
+questions, the cough placeholder rules) and re-check the rest, so an endpoint that ignores
+the schema cannot slip an invalid rewrite through.
 """
 
 from __future__ import annotations
@@ -14,10 +17,20 @@ from pydantic import BaseModel, ConfigDict
 from schemas.llm import RewriteAnswer
 
 COUGH = "<cough>"
-# Symbols a TTS engine reads out or chokes on: markdown, brackets, list bullets, emoji.
-_UNSPEAKABLE = re.compile(r"[#*`|~^\\\[\]{}<>＜＞【】•●▪►→←↑↓]|https?://|[\U0001F300-\U0001FAFF\u2600-\u27BF]")
+# Characters a TTS engine reads out or chokes on: markdown, brackets, list bullets, arrows,
+# emoji and pictographs, control characters. A regex character-class body, shared by the
+# check and the decoding pattern.
+_UNSPEAKABLE_CLASS = "#*`|~^\\\\\\[\\]{}<>＜＞【】•●▪►→←↑↓\u2600-\u27bf\U0001f300-\U0001faff\x00-\x1f\x7f"
+_UNSPEAKABLE = re.compile(f"[{_UNSPEAKABLE_CLASS}]|https?://")
 _QUESTION = re.compile(r"[？?]")
 _MENTIONS_COUGH = re.compile(r"咳")
+
+
+def turn_pattern(*, cough: bool) -> str:
+    """A regex a turn's text must match while decoding: no unspeakable character, except
+    the `<cough>` placeholder where it is allowed."""
+    speakable = f"[^{_UNSPEAKABLE_CLASS}]"
+    return f"^({speakable}|{re.escape(COUGH)})*$" if cough else f"^{speakable}*$"
 
 
 class RewriteRules(BaseModel):
@@ -32,9 +45,9 @@ class RewriteRules(BaseModel):
     cough: bool = False
 
 
-def follow_ups(answer: RewriteAnswer) -> int:
-    """Doctor turns that ask something, the closing advice excluded."""
-    return sum(1 for r in answer.rounds[:-1] if _QUESTION.search(r.doctor))
+def follow_ups(doctor_turns: list[str]) -> int:
+    """Doctor turns that ask something, the closing advice (the last turn) excluded."""
+    return sum(1 for text in doctor_turns[:-1] if _QUESTION.search(text))
 
 
 def check_rewrite(answer: RewriteAnswer, rules: RewriteRules) -> list[str]:
@@ -53,7 +66,7 @@ def check_rewrite(answer: RewriteAnswer, rules: RewriteRules) -> list[str]:
             symbol = _UNSPEAKABLE.search(spoken)
             if symbol:
                 problems.append(f"unspeakable: round {i} {role} contains {symbol.group(0)!r}")
-    asked = follow_ups(answer)
+    asked = follow_ups([r.doctor for r in answer.rounds])
     if asked < rules.min_follow_ups:
         problems.append(f"follow_ups: {asked}, need at least {rules.min_follow_ups}")
     problems += _cough_problems(answer, rules.cough)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from collections import OrderedDict
 from typing import Any
@@ -109,18 +110,20 @@ class PartRunner:
         self.stage = build_stage(spec.kind, spec.name, spec.params, spec.run_seed)
         self.stage.setup()
         self._inputs: OrderedDict[int, pa.Table] = OrderedDict()
+        self._inputs_lock = threading.Lock()  # concurrent stages run parts on several threads
 
     def ready(self) -> str:
         return f"{socket.gethostname()}:{os.getpid()}"
 
     def _input(self, shard: int, upstream_parts: int) -> pa.Table:
         # Consecutive parts of one shard read the same upstream output: keep the last few.
-        if shard not in self._inputs:
-            self._inputs[shard] = self.rundir.read_output(self.spec.upstream, shard, upstream_parts)
-            while len(self._inputs) > 2:
-                self._inputs.popitem(last=False)
-        self._inputs.move_to_end(shard)
-        return self._inputs[shard]
+        with self._inputs_lock:
+            if shard not in self._inputs:
+                self._inputs[shard] = self.rundir.read_output(self.spec.upstream, shard, upstream_parts)
+                while len(self._inputs) > 2:
+                    self._inputs.popitem(last=False)
+            self._inputs.move_to_end(shard)
+            return self._inputs[shard]
 
     def run_part(self, shard: int, part: int, upstream_parts: int) -> PartCommit:
         started = time.perf_counter()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
+import os
 import sys
-from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -233,16 +234,25 @@ def tiny_model(out_dir: Annotated[Path, typer.Argument(help="folder to write the
 @app.command()
 def demo(
     run_uri: Annotated[str, typer.Option("--run", help="run directory")] = "runs/demo",
+    model: Annotated[Optional[Path], typer.Option(help="a chat checkpoint for the LLM stages (default: the tiny random model)")] = None,
     address: Address = None,
     as_json: AsJson = False,
 ) -> None:
     """Run the whole pipeline on the bundled sample with a local Ray and CPU engines."""
     _logging(False)
-    config_path = files("pipeline") / "demo" / "demo.yaml"
-    cfg = load_config(str(config_path))
+    if importlib.util.find_spec("vllm") is None:
+        _fail("the demo's LLM stages need the CPU engines: pip install -e '.[local]' (see the README)", EXIT_USAGE)
+    from pipeline.demo import demo_config, demo_model
+
+    cfg = demo_config(model or demo_model())
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB per engine: plenty for the sample
+    if model is None:
+        err.print("[yellow]note:[/yellow] the LLM stages run on a tiny random model: their answers are schema-valid "
+                  "but meaningless, so most rewrites fail validation and are rejected with reasons. "
+                  "Pass --model /path/to/Qwen2.5-7B-Instruct (or configure a real checkpoint) for real data.")
     _execute(cfg, run_uri, f"speechmed demo --run {run_uri}", address, as_json)
     if not as_json:
-        out.print(f"load it: datasets.load_dataset('{run_uri}/datasets/SampleDialogues')")
+        out.print(f"load it: datasets.load_dataset('{run_uri}/datasets/TextMedDataset')")
 
 
 def main() -> None:

@@ -121,6 +121,16 @@ class StageConfig(_Strict):
         _validate_nested(stage_class(kind).Params, value)
         return value
 
+    @model_validator(mode="after")
+    def _gpus_for_tensor_parallel(self) -> "StageConfig":
+        # A tensor-parallel vLLM engine runs its shards as processes of its actor, so the
+        # actor holds all their GPUs (one resource request: Ray keeps it on one node).
+        tp = (self.params.get("engine") or {}).get("tensor_parallel_size", 1)
+        if isinstance(tp, int) and tp > 1 and self.resources.num_gpus < tp:
+            raise ValueError(f"resources.num_gpus: the engine's tensor_parallel_size is {tp}, so each actor needs "
+                             f"num_gpus: {tp} (got {self.resources.num_gpus:g})")
+        return self
+
 
 class ExportConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")

@@ -20,6 +20,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
+from actors.registry import stage_class
 from actors.worker import PartRunner, StageSpec
 from pipeline.config import Resources
 from storage.markers import PartCommit, ShardSeal
@@ -62,6 +63,7 @@ class _StagePool:
     resources: Resources
     actors: list[Any]
     sealed: dict[int, ShardSeal]
+    concurrent: bool = False  # the actor runs its queued calls at once, not one by one
     queued: list[int] = field(default_factory=list)  # calls queued per actor
     actor_free_at: list[float] = field(default_factory=list)
     active: dict[int, _Shard] = field(default_factory=dict)
@@ -96,14 +98,16 @@ class Scheduler:
         self.ready: dict[ray.ObjectRef, _StagePool] = {}
         for spec in specs:
             res = resources[spec.name]
+            concurrent = stage_class(spec.kind).concurrent
             actor_cls = ray.remote(PartRunner).options(
                 num_cpus=res.num_cpus,
                 num_gpus=res.num_gpus,
+                max_concurrency=res.parts_in_flight_per_actor if concurrent else 1,
                 max_restarts=-1,
                 max_task_retries=0,
             )
             actors = [actor_cls.remote(rundir.uri, spec, fence, session) for _ in range(res.actors)]
-            pool = _StagePool(spec, res, actors, rundir.seals(spec.name))
+            pool = _StagePool(spec, res, actors, rundir.seals(spec.name), concurrent)
             pool.queued = [0] * len(actors)
             pool.actor_free_at = [0.0] * len(actors)
             self.pools.append(pool)
@@ -148,8 +152,9 @@ class Scheduler:
                     return
                 part = work.pending.popleft()
                 ref = pool.actors[actor].run_part.remote(work.shard, part, work.upstream_parts)
-                # A queued call's clock starts when the calls ahead of it are due.
-                start = max(time.monotonic(), pool.actor_free_at[actor])
+                # A queued call's clock starts when the calls ahead of it are due
+                # (at once when the actor runs its calls concurrently).
+                start = time.monotonic() if pool.concurrent else max(time.monotonic(), pool.actor_free_at[actor])
                 deadline = start + pool.resources.batch_timeout_s
                 pool.actor_free_at[actor] = deadline
                 pool.queued[actor] += 1

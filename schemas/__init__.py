@@ -5,23 +5,21 @@ from schemas.ids import content_key, record_id, rng_for, seed_for, shard_of
 from schemas.records import (
     AgeGroup,
     AudioData,
-    Demographics,
-    FilterVerdict,
     Gender,
     Record,
     Rejection,
-    Rewrite,
     Role,
     SourceDialogue,
     SynthesizedTurn,
     Treatment,
     Turn,
     VoiceReference,
+    age_group_of,
 )
 
 __all__ = [
-    "AgeGroup", "AudioData", "Demographics", "FilterVerdict", "Gender", "Record",
-    "Rejection", "Rewrite", "Role", "SourceDialogue", "SynthesizedTurn", "Treatment",
-    "Turn", "VoiceReference", "arrow_schema", "arrow_type", "content_key", "from_table",
+    "AgeGroup", "AudioData", "Gender", "Record", "Rejection", "Role", "SourceDialogue",
+    "SynthesizedTurn", "Treatment", "Turn", "VoiceReference", "age_group_of", "arrow_schema",
+    "arrow_type", "content_key", "from_table",
     "record_id", "rng_for", "seed_for", "shard_of", "to_table",
 ]

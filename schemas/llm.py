@@ -38,11 +38,12 @@ class DemographicsAnswer(_Answer):
     age_group: AgeGroup
 
 
-def rewrite_schema(min_rounds: int, max_rounds: int, max_chars: int) -> dict[str, Any]:
-    """The rewrite answer's JSON schema with this family's bounds."""
+def rewrite_schema(min_rounds: int, max_rounds: int, turn_schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The rewrite answer's JSON schema with a family's bounds: the round count, and per
+    role the string constraints (`maxLength`, `pattern`, ...) of a turn."""
     schema = RewriteAnswer.model_json_schema()
     round_schema = schema["$defs"]["Round"]
-    for key in ("patient", "doctor"):
-        round_schema["properties"][key].update(minLength=1, maxLength=max_chars)
+    for role in ("patient", "doctor"):
+        round_schema["properties"][role].update(minLength=1, **turn_schemas[role])
     schema["properties"]["rounds"].update(minItems=min_rounds, maxItems=max_rounds)
     return schema

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Role = Literal["patient", "doctor"]
 Gender = Literal["male", "female", "unknown"]
+# Age groups follow the reference-voice corpora (Aishell-3's A-D): child < 14,
+# young_adult 14-25, adult 26-40, elderly > 40.
 AgeGroup = Literal["child", "young_adult", "adult", "elderly", "unknown"]
 # What happens to a source record downstream; the LLM stages pick their prompt by it.
 #   knowledge_qa   exam questions (CMB, CMExam): kept as they are
@@ -38,8 +40,26 @@ class Turn(Record):
     speech_text: str | None = None
 
 
+def age_group_of(age: int | None) -> AgeGroup:
+    """The voice-pool age group of an age in years."""
+    if age is None or age < 0:
+        return "unknown"
+    if age < 14:
+        return "child"
+    if age <= 25:
+        return "young_adult"
+    if age <= 40:
+        return "adult"
+    return "elderly"
+
+
 class SourceDialogue(Record):
-    """One dialogue as read from a source corpus, with a stable id."""
+    """One dialogue, from its source corpus through the text stages, with a stable id.
+
+    The text stages fill in what they learn: `rewrite_prompt` once the turns are the
+    rewritten spoken version, `age_group` and `demographics_by` once the patient's
+    voice attributes are known.
+    """
 
     id: str = Field(description="stable id derived from (source, source_key), never a position")
     source: str
@@ -49,28 +69,11 @@ class SourceDialogue(Record):
     subcategory: str | None = None
     gender: Gender = "unknown"
     age: int | None = None
+    age_group: AgeGroup = "unknown"
+    demographics_by: Literal["source", "llm", "source+llm"] | None = Field(
+        None, description="where gender and age_group came from; None until the demographics stage")
+    rewrite_prompt: str | None = Field(None, description="fingerprint of the prompt that rewrote the turns; None = as read")
     turns: list[Turn]
-
-
-class FilterVerdict(Record):
-    id: str
-    keep: bool
-    reason: str
-    raw_output: str
-
-
-class Rewrite(Record):
-    id: str
-    prompt_fingerprint: str
-    turns: list[Turn]
-    raw_output: str
-
-
-class Demographics(Record):
-    id: str
-    gender: Gender
-    age_group: AgeGroup
-    raw_output: str
 
 
 class VoiceReference(Record):

@@ -7,10 +7,14 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from pipeline.raycluster import LOOPBACK_ENV, local_head
+
+if TYPE_CHECKING:
+    from tests.llm_servers import FaultProxy
 
 # Before anything imports ray in this process (pipeline/__init__ sets the loopback one).
 for _key, _value in LOOPBACK_ENV.items():
@@ -100,3 +104,22 @@ def committed_ids(run: Path | str, stage: str) -> list[str]:
         table = pq.read_table(rundir.abs(commit.output.path), columns=["id"], filesystem=rundir.loc.fs)
         ids += table.column("id").to_pylist()
     return ids
+
+
+@pytest.fixture(scope="session")
+def llm_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real vLLM OpenAI-compatible server on the tiny model, on 127.0.0.1; its /v1 URL."""
+    from tests.llm_servers import vllm_server
+
+    with vllm_server(tiny_model, tmp_path_factory.mktemp("vllm") / "server.log") as running:
+        yield running.url
+
+
+@pytest.fixture
+def proxy(llm_server: str) -> Iterator["FaultProxy"]:
+    """A fault-injecting proxy in front of `llm_server` (429s, a dead endpoint)."""
+    from tests.llm_servers import FaultProxy
+
+    p = FaultProxy(llm_server)
+    yield p
+    p.close()

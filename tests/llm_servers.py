@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -23,9 +24,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass
+class Server:
+    url: str  # the /v1 base URL
+    process: subprocess.Popen
+
+
 @contextmanager
-def vllm_server(model: Path, log: Path) -> Iterator[str]:
-    """`python -m vllm.entrypoints.openai.api_server` on the model; yields its /v1 URL."""
+def vllm_server(model: Path, log: Path) -> Iterator[Server]:
+    """`python -m vllm.entrypoints.openai.api_server` on the model, on 127.0.0.1."""
     port = free_port()
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
            "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
@@ -48,7 +55,7 @@ def vllm_server(model: Path, log: Path) -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"vLLM server not ready: {log.read_text()[-3000:]}")
                 time.sleep(0.5)
-            yield base
+            yield Server(base, server)
         finally:
             server.terminate()
             try:

@@ -63,16 +63,21 @@ def problems(path: Path) -> list[str]:
 # -- valid configs -----------------------------------------------------------------------
 
 def test_demo_config_parses():
-    config = load_config(str(DEMO))
+    from pipeline.demo import demo_config
+
+    config = demo_config(Path("/models/Qwen2.5-7B-Instruct"))
     assert isinstance(config, PipelineConfig)
     assert (config.seed, config.num_shards, config.ingest_part_size) == (20261125, 4, 64)
     (source,) = config.sources
     assert source.format == "sharegpt"
     assert Path(source.path).is_absolute() and Path(source.path).is_file()
     assert source.path == str(Path(str(DEMO)).resolve().parent / "sample_consultations.json")
-    assert [(s.name, s.kind) for s in config.stages] == [("prefilter", "prefilter"), ("normalize", "normalize")]
+    assert [(s.name, s.kind) for s in config.stages] == [
+        ("prefilter", "prefilter"), ("filter", "llm_filter"), ("rewrite", "rewrite"), ("normalize", "normalize"),
+        ("demographics", "demographics")]
+    assert {s.params["engine"]["model"] for s in config.stages if "engine" in s.params} == {"/models/Qwen2.5-7B-Instruct"}
     assert config.stages[0].resources.actors == 1 and config.stages[0].micro_batch_size == 8
-    assert [(e.name, e.stage) for e in config.exports] == [("SampleDialogues", "normalize")]
+    assert [(e.name, e.stage) for e in config.exports] == [("TextMedDataset", "demographics")]
 
 
 def test_relative_source_path_is_relative_to_the_config_file(tmp_path, monkeypatch):

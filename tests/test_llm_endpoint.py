@@ -5,7 +5,6 @@ endpoint that goes away mid-run: the run stops with nothing rejected, resume fin
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,20 +19,7 @@ from schemas.llm import FilterAnswer
 from storage.rundir import RunDir
 from storage.verify import verify
 from tests.conftest import REPO, committed_ids
-from tests.llm_servers import FaultProxy, vllm_server
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with vllm_server(tiny_model, tmp_path_factory.mktemp("vllm") / "server.log") as base:
-        yield base
-
-
-@pytest.fixture
-def proxy(server: str) -> Iterator[FaultProxy]:
-    p = FaultProxy(server)
-    yield p
-    p.close()
+from tests.llm_servers import FaultProxy
 
 
 def _engine(url: str, **kwargs: object):

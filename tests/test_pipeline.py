@@ -38,37 +38,6 @@ def _sessions(run: Path, stage: str) -> set[str]:
     return {c.session for c in RunDir(str(run)).commits(stage).values()}
 
 
-def test_demo_config_end_to_end_reconciles_and_exports(tmp_path: Path) -> None:
-    from datasets import load_dataset
-
-    from pipeline.config import load_config
-
-    run = tmp_path / "run"
-    config = load_config(str(REPO / "pipeline" / "demo" / "demo.yaml"))
-    result = execute(config, str(run), command="pytest")
-    assert result.sealed == {"ingest": 4, "prefilter": 4, "normalize": 4}
-
-    status = {s.name: s for s in run_status(RunDir(str(run))).stages}
-    assert status["ingest"].rows_in == 60
-    assert status["ingest"].rejected_by_reason == {"ingest.duplicate_content": 2}
-    for name in ("ingest", "prefilter", "normalize"):
-        assert status[name].rows_in == status[name].rows_out + status[name].rows_rejected
-    assert status["prefilter"].rows_in == status["ingest"].rows_out
-    assert status["normalize"].rows_in == status["prefilter"].rows_out
-    assert status["prefilter"].rejected_by_reason == {
-        "prefilter.too_short": 5, "prefilter.voice_impossible": 6, "prefilter.not_chinese": 2}
-
-    dataset = load_dataset(str(run / "datasets" / "SampleDialogues"))["train"]
-    assert len(dataset) == result.exports["SampleDialogues"] == status["normalize"].rows_out
-    assert len(set(dataset["id"])) == len(dataset)
-    spoken = [t["speech_text"] for row in dataset["turns"] for t in row]
-    assert all(spoken) and not any(ch.isdigit() for text in spoken for ch in text if ch.isascii())
-    assert verify(RunDir(str(run))) == []
-
-    again = execute(config, str(run), command="pytest")
-    assert again.rows_processed == {"prefilter": 0, "normalize": 0}
-
-
 def test_changing_a_stage_reruns_it_and_later_stages_only(tmp_path: Path) -> None:
     source = write_dialogues(tmp_path / "in.json", 40, bad_every=5)
     stages = [_stage("prefilter", "prefilter"), _stage("sim", "simulate"), _stage("normalize", "normalize")]
@@ -175,34 +144,63 @@ def test_resume_cleans_uncommitted_leftovers_and_redoes_the_part(tmp_path: Path)
     assert verify(rundir) == []
 
 
-def test_cli_demo_status_manifest_verify(tmp_path: Path, ray_address: str) -> None:
-    """The README's main command as a user runs it, then the inspection commands."""
+def test_cli_demo_end_to_end_then_status_manifest_verify(tmp_path: Path, ray_address: str) -> None:
+    """The README's main command as a user runs it (the tiny model made into an empty
+    cache), what it produced, then the inspection commands."""
     import json
+    import os
     import subprocess
 
+    from datasets import load_dataset
     from typer.testing import CliRunner
 
     from pipeline.cli import app
+    from pipeline.driver import load_run_config
 
     run = tmp_path / "demo"
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     done = subprocess.run(["speechmed", "demo", "--run", str(run), "--address", ray_address, "--json"],
-                          capture_output=True, text=True, timeout=240)
+                          capture_output=True, text=True, timeout=400, env=env)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["exports"] == {"SampleDialogues": 45}
+    assert "tiny random model" in done.stderr and "meaningless" in done.stderr
+    assert (tmp_path / "cache" / "speechmed" / "tiny-qwen2" / "model.safetensors").exists()
+    exported = json.loads(done.stdout)["exports"]["TextMedDataset"]
+
+    rundir = RunDir(str(run))
+    status = {s.name: s for s in run_status(rundir).stages}
+    assert status["ingest"].rows_in == 60
+    assert status["ingest"].rejected_by_reason == {"ingest.duplicate_content": 2}
+    assert status["prefilter"].rejected_by_reason == {
+        "prefilter.too_short": 5, "prefilter.voice_impossible": 6, "prefilter.not_chinese": 2}
+    names = ["ingest", "prefilter", "filter", "rewrite", "normalize", "demographics"]
+    assert list(status) == names
+    for upstream, name in zip(names, names[1:]):
+        assert status[name].rows_in == status[upstream].rows_out
+    for name in names:
+        assert status[name].rows_in == status[name].rows_out + status[name].rows_rejected
+
+    dataset = load_dataset(str(run / "datasets" / "TextMedDataset"))["train"]
+    assert len(dataset) == exported == status["demographics"].rows_out
+    assert len(set(dataset["id"])) == len(dataset)
+    spoken = [t["speech_text"] for row in dataset["turns"] for t in row]
+    assert all(spoken) and not any(ch.isdigit() for text in spoken for ch in text if ch.isascii())
+    assert verify(rundir) == []
+
+    again = execute(load_run_config(rundir), str(run), command="pytest")
+    assert again.rows_processed == {name: 0 for name in names[1:]}
 
     cli = CliRunner()
-    status = json.loads(cli.invoke(app, ["status", str(run), "--json"]).output)
-    assert not status["running"] and status["eta_s"] is None
-    assert [s["shards_sealed"] for s in status["stages"]] == [4, 4, 4]
+    state = json.loads(cli.invoke(app, ["status", str(run), "--json"]).output)
+    assert not state["running"] and state["eta_s"] is None
+    assert [s["shards_sealed"] for s in state["stages"]] == [4] * len(names)
 
     manifest = cli.invoke(app, ["manifest", str(run), "--json"])
     assert manifest.exit_code == 0
     parts = pq.read_table(run / "manifest.parquet")
-    assert parts.num_rows == json.loads(manifest.output)["parts"] == sum(
-        len(RunDir(str(run)).commits(s)) for s in ("ingest", "prefilter", "normalize"))
+    assert parts.num_rows == json.loads(manifest.output)["parts"] == sum(len(rundir.commits(s)) for s in names)
 
     assert cli.invoke(app, ["verify", str(run)]).exit_code == 0
-    victim = next((run / "normalize" / "shard-00001").glob("part-*.parquet"))
+    victim = next((run / "prefilter" / "shard-00001").glob("part-*.parquet"))
     victim.write_bytes(victim.read_bytes()[:-10])
     failed = cli.invoke(app, ["verify", str(run), "--json"])
     assert failed.exit_code == 1
@@ -282,4 +280,21 @@ def test_resume_removes_temp_files_a_killed_driver_left_anywhere(tmp_path: Path)
     (run / "datasets" / "Out" / ".tmp-4567cdef-README.md").write_text("half")
     assert len(verify(RunDir(str(run)))) == 2
     assert _run(cfg, run).cleaned == 2
+    assert verify(RunDir(str(run))) == []
+
+
+def test_export_with_empty_shards_loads(tmp_path: Path) -> None:
+    """Shards with no rows get no file (`datasets` cannot read an empty Parquet file)."""
+    from datasets import load_dataset
+
+    source = write_dialogues(tmp_path / "in.json", 3)
+    cfg = pipeline_config(source, stages=[_stage("normalize", "normalize", actors=1)], num_shards=8,
+                          exports=[{"name": "Few", "stage": "normalize"}])
+    run = tmp_path / "run"
+    result = _run(cfg, run)
+    files = sorted(p.name for p in (run / "datasets" / "Few" / "data").iterdir())
+    nonempty = sum(1 for s in RunDir(str(run)).seals("normalize").values() if s.rows_out)
+    assert len(files) == nonempty < 8 and files[-1].endswith(f"-of-{nonempty:05d}.parquet")
+    dataset = load_dataset(str(run / "datasets" / "Few"), split="train")
+    assert len(dataset) == result.exports["Few"] == 3
     assert verify(RunDir(str(run))) == []

@@ -67,14 +67,32 @@ def test_render_dialogue() -> None:
 
 
 def test_answer_schemas() -> None:
-    schema = rewrite_schema(min_rounds=2, max_rounds=5, max_chars=80)
+    schema = rewrite_schema(2, 5, {"patient": {"maxLength": 94}, "doctor": {"maxLength": 80, "pattern": "^a*$"}})
     assert schema["properties"]["rounds"]["minItems"] == 2 and schema["properties"]["rounds"]["maxItems"] == 5
-    assert schema["$defs"]["Round"]["properties"]["doctor"]["maxLength"] == 80
+    doctor = schema["$defs"]["Round"]["properties"]["doctor"]
+    assert (doctor["maxLength"], doctor["pattern"], doctor["minLength"]) == (80, "^a*$", 1)
+    assert schema["$defs"]["Round"]["properties"]["patient"]["maxLength"] == 94
     json.dumps(schema)  # serialisable for an engine
     assert FilterAnswer.model_validate_json('{"keep": false, "reason": "需要看图片"}').keep is False
     assert DemographicsAnswer.model_json_schema()["properties"]["gender"]["enum"] == ["male", "female", "unknown"]
     with pytest.raises(ValidationError):
         DemographicsAnswer.model_validate({"gender": "男", "age_group": "adult"})
+
+
+@pytest.mark.parametrize("text, cough, speakable", [
+    ("头疼三天了，要紧吗？", False, True), ("体温38.5℃，吃了布洛芬。", False, True),
+    ("**注意**", False, False), ("见[链接]", False, False), ("a{b}", False, False), ("好\b的", False, False),
+    ("😀", False, False), ("→右边", False, False), ("反斜杠\\", False, False),
+    ("我<cough>嗓子疼", True, True), ("我<cough>嗓子疼", False, False), ("<b>", True, False), ("<cou", True, False),
+])
+def test_turn_pattern_matches_the_speakable_check(text: str, cough: bool, speakable: bool) -> None:
+    import re
+
+    from actors.rewrite_rules import turn_pattern
+
+    assert bool(re.fullmatch(turn_pattern(cough=cough), text)) == speakable
+    if not cough and speakable:  # the post-check agrees with the decoding pattern
+        assert check_rewrite(_answer((text, "好的，多休息？"), (text, "去看看吧。")), RULES) == []
 
 
 RULES = RewriteRules(min_rounds=2, max_rounds=4, max_chars=40, min_follow_ups=1)
@@ -116,5 +134,5 @@ def test_cough_rules(pairs, expected) -> None:
 
 
 def test_follow_ups_do_not_count_the_closing_advice() -> None:
-    assert follow_ups(_answer(("头疼", "好好休息，好吗？"))) == 0
-    assert follow_ups(GOOD) == 1
+    assert follow_ups(["好好休息，好吗？"]) == 0
+    assert follow_ups([r.doctor for r in GOOD.rounds]) == 1

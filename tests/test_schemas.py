@@ -14,14 +14,12 @@ import pytest
 
 from schemas import (
     AudioData,
-    Demographics,
-    FilterVerdict,
     Rejection,
-    Rewrite,
     SourceDialogue,
     SynthesizedTurn,
     Turn,
     VoiceReference,
+    age_group_of,
     arrow_schema,
     arrow_type,
     content_key,
@@ -102,10 +100,6 @@ def test_audio_is_hugging_face_audio_layout():
 
 
 @pytest.mark.parametrize("model, expected", [
-    (FilterVerdict, {"id": (pa.string(), False), "keep": (pa.bool_(), False),
-                     "reason": (pa.string(), False), "raw_output": (pa.string(), False)}),
-    (Demographics, {"id": (pa.string(), False), "gender": (pa.string(), False),
-                    "age_group": (pa.string(), False), "raw_output": (pa.string(), False)}),
     (Rejection, {"id": (pa.string(), False), "stage": (pa.string(), False), "reason": (pa.string(), False),
                  "detail": (pa.string(), False), "raw_output": (pa.string(), True),
                  "record_json": (pa.string(), False)}),
@@ -206,9 +200,11 @@ def test_audio_bytes_round_trip_through_parquet(tmp_path):
 
 
 def test_other_models_round_trip():
-    rewrite = Rewrite(id="x", prompt_fingerprint="p", raw_output="{}", turns=[Turn(role="patient", text="嗯")])
+    spoken = SourceDialogue(id="x", source="s", source_key="k", gender="female", age_group="elderly",
+                            demographics_by="llm", rewrite_prompt="rewrite.consultation-v1-abc",
+                            turns=[Turn(role="patient", text="嗯", speech_text="嗯")])
     rejection = Rejection(id="x", stage="filter", reason="filter.no", record_json="{}")
-    assert from_table(to_table([rewrite], Rewrite), Rewrite) == [rewrite]
+    assert from_table(to_table([spoken], SourceDialogue), SourceDialogue) == [spoken]
     assert from_table(to_table([rejection], Rejection), Rejection) == [rejection]
 
 
@@ -220,9 +216,16 @@ def test_empty_table_has_the_schema():
 
 
 def test_from_table_validates_rows():
-    table = pa.table({"id": ["x"], "keep": [True], "reason": ["ok"]})  # raw_output missing
+    table = pa.table({"id": ["x"], "stage": ["s"], "reason": ["r"]})  # record_json missing
     with pytest.raises(ValueError):
-        from_table(table, FilterVerdict)
+        from_table(table, Rejection)
+
+
+@pytest.mark.parametrize("age, group", [(None, "unknown"), (-1, "unknown"), (0, "child"), (13, "child"),
+                                        (14, "young_adult"), (25, "young_adult"), (26, "adult"), (40, "adult"),
+                                        (41, "elderly"), (97, "elderly")])
+def test_age_groups_match_the_voice_pool(age, group):
+    assert age_group_of(age) == group
 
 
 def test_records_are_frozen_and_strict():

@@ -46,6 +46,7 @@ class EngineConfig(_Strict):
     model: str = Field(description="vllm: a checkpoint folder; openai: the served model name")
     tensor_parallel_size: int = Field(1, ge=1)
     max_model_len: int = Field(4096, ge=64)
+    max_num_seqs: int = Field(256, ge=1, description="vllm: sequences decoded together")
     enforce_eager: bool = False
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     # openai (any OpenAI-compatible endpoint)

@@ -1,0 +1,87 @@
+"""Dataset cards: statistics of an exported dataset, beside the paper's figures.
+
+`DialogueStats` accumulates over rows (as dicts, one shard at a time) and renders the
+card's Markdown. Multi-turn statistics are taken over the rewritten consultations (the
+treatments the paper reports them for); a turn is one utterance, `<cough>` placeholders
+are not counted as characters.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from actors.rewrite_rules import COUGH, follow_ups
+
+MULTI_TURN = ("consultation", "single_turn_qa", "cough")
+# SpeechMedAssist's reported figures for its rewritten multi-turn consultations.
+PAPER = {"turns": 6.58, "characters": 36.4, "follow_ups": 3.3}
+
+
+@dataclass
+class DialogueStats:
+    rows: int = 0
+    by_treatment: Counter = field(default_factory=Counter)
+    by_source: Counter = field(default_factory=Counter)
+    gender: Counter = field(default_factory=Counter)
+    age_group: Counter = field(default_factory=Counter)
+    multi_turn: int = 0
+    turns: int = 0
+    characters: int = 0
+    follow_ups: int = 0
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            self.rows += 1
+            self.by_treatment[row["treatment"]] += 1
+            self.by_source[row["source"]] += 1
+            self.gender[row.get("gender") or "unknown"] += 1
+            self.age_group[row.get("age_group") or "unknown"] += 1
+            if row["treatment"] in MULTI_TURN and row.get("rewrite_prompt"):
+                turns = row["turns"]
+                self.multi_turn += 1
+                self.turns += len(turns)
+                self.characters += sum(len(t["text"].replace(COUGH, "")) for t in turns)
+                self.follow_ups += follow_ups([t["text"] for t in turns if t["role"] == "doctor"])
+
+    def figures(self) -> dict[str, float] | None:
+        """Means over the rewritten multi-turn dialogues, or None when there are none."""
+        if not self.multi_turn:
+            return None
+        return {"turns": self.turns / self.multi_turn, "characters": self.characters / max(self.turns, 1),
+                "follow_ups": self.follow_ups / self.multi_turn}
+
+
+def _counts(title: str, counter: Counter, total: int) -> list[str]:
+    lines = [f"| {title} | rows | share |", "|---|---|---|"]
+    lines += [f"| {key} | {n} | {n / max(total, 1):.1%} |" for key, n in sorted(counter.items())]
+    return lines + [""]
+
+
+def render_card(name: str, stage: str, rows: int, stats: DialogueStats, rejected: dict[str, Counter]) -> str:
+    """The README.md of an exported dataset: HF `configs` header, statistics, rejections."""
+    lines = [
+        "---", "configs:", "- config_name: default", "  data_files:", "  - split: train", "    path: data/*.parquet", "---",
+        f"# {name}", "",
+        f"Exported by speechmed from stage `{stage}`: {rows} rows.", "",
+    ]
+    if stats.rows:
+        lines += _counts("treatment", stats.by_treatment, stats.rows) + _counts("source", stats.by_source, stats.rows)
+    figures = stats.figures()
+    if figures:
+        lines += [
+            f"## Rewritten multi-turn consultations ({stats.multi_turn})", "",
+            "| statistic | this dataset | SpeechMedAssist paper |", "|---|---|---|",
+            f"| turns (utterances) per dialogue | {figures['turns']:.2f} | {PAPER['turns']} |",
+            f"| characters per turn | {figures['characters']:.1f} | {PAPER['characters']} |",
+            f"| doctor follow-up questions per dialogue | {figures['follow_ups']:.2f} | {PAPER['follow_ups']} |",
+            "",
+        ]
+    if stats.rows:
+        lines += ["## Patients", ""] + _counts("gender", stats.gender, stats.rows) + _counts("age group", stats.age_group, stats.rows)
+    if any(rejected.values()):
+        lines += ["## Rejected on the way, by stage and reason", "", "| stage | reason | rows |", "|---|---|---|"]
+        lines += [f"| {st} | {reason} | {n} |" for st, reasons in rejected.items() for reason, n in sorted(reasons.items())]
+        lines.append("")
+    return "\n".join(lines)
