@@ -77,7 +77,8 @@ class LLMStage(Stage[SourceDialogue, SourceDialogue]):
         return {"prompts": prompts, "engine": self.params.engine.output_fields()}
 
     def request(self, record: SourceDialogue, prompt: Prompt, attempt: int) -> LLMRequest:
-        return LLMRequest(messages=prompt.messages(render_dialogue(record.turns)), seed=self.seed(record.id) + attempt,
+        seed = (self.seed(record.id) + attempt) % 2**63  # a new seed per attempt, still a valid int64
+        return LLMRequest(messages=prompt.messages(render_dialogue(record.turns)), seed=seed,
                           sampling=self.params.sampling, json_schema=self.json_schema(prompt))
 
     def process(self, batch: list[SourceDialogue]) -> StageResult[SourceDialogue]:

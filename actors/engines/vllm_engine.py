@@ -49,7 +49,7 @@ def engine_kwargs(config: EngineConfig) -> dict[str, Any]:
 
 def sampling_params(request: LLMRequest) -> Any:
     from vllm import SamplingParams
-    from vllm.sampling_params import StructuredOutputsParams
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
     constraint = None
     if request.json_schema is not None:
@@ -57,8 +57,10 @@ def sampling_params(request: LLMRequest) -> Any:
     elif request.choice is not None:
         constraint = StructuredOutputsParams(choice=request.choice)
     s = request.sampling
+    # FINAL_ONLY: one output per request when it finishes, not one per decoding step
+    # (streaming every token through asyncio costs the engine's CPU time).
     return SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=request.seed,
-                          structured_outputs=constraint)
+                          structured_outputs=constraint, output_kind=RequestOutputKind.FINAL_ONLY)
 
 
 def check_checkpoint(model: str) -> None:
