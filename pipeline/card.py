@@ -59,10 +59,32 @@ def _counts(title: str, counter: Counter, total: int) -> list[str]:
     return lines + [""]
 
 
-def render_card(name: str, stage: str, rows: int, stats: DialogueStats, rejected: dict[str, Counter]) -> str:
-    """The README.md of an exported dataset: HF `configs` header, statistics, rejections."""
+@dataclass(frozen=True)
+class Sizes:
+    rows: int
+    arrow_bytes: int  # the rows in memory (the `num_bytes` of the split)
+    parquet_bytes: int  # the files (the `download_size`)
+
+
+def yaml_header(sizes: Sizes) -> list[str]:
+    """The card's YAML header: the data files of the `train` split, and its sizes.
+
+    The sizes are not decoration: `datasets` caches a local folder's dataset under a key
+    made from this header (not from the files), so two exports of the same name in
+    different runs would otherwise load the first one's cached rows for both."""
+    return [
+        "---", "configs:", "- config_name: default", "  data_files:", "  - split: train", "    path: data/*.parquet",
+        "dataset_info:", "  config_name: default", "  splits:", "  - name: train",
+        f"    num_bytes: {sizes.arrow_bytes}", f"    num_examples: {sizes.rows}",
+        f"  download_size: {sizes.parquet_bytes}", "---",
+    ]
+
+
+def render_card(name: str, stage: str, sizes: Sizes, stats: DialogueStats, rejected: dict[str, Counter]) -> str:
+    """The README.md of an exported dataset: HF header, statistics, rejections."""
+    rows = sizes.rows
     lines = [
-        "---", "configs:", "- config_name: default", "  data_files:", "  - split: train", "    path: data/*.parquet", "---",
+        *yaml_header(sizes),
         f"# {name}", "",
         f"Exported by speechmed from stage `{stage}`: {rows} rows.", "",
     ]

@@ -15,7 +15,7 @@ from collections import Counter
 
 import pyarrow as pa
 
-from pipeline.card import DialogueStats, render_card
+from pipeline.card import DialogueStats, Sizes, render_card
 from storage.markers import ExportMarker, FileEntry, ShardSeal
 from storage.rundir import DATASETS, RunDir, parquet_bytes, sha256
 
@@ -42,7 +42,7 @@ def export_stage(
         return existing
     rundir.invalidate(base)
     seals = all_seals[stage]
-    files, stats, rows = [], DialogueStats(), 0
+    files, stats, rows, arrow_bytes = [], DialogueStats(), 0, 0
     dialogues = "turns" in schema.names
     # One file per shard that has rows: `datasets` refuses to read an empty Parquet file.
     shards = [shard for shard in range(num_shards) if seals[shard].rows_out]
@@ -56,9 +56,10 @@ def export_stage(
             stats.add(table.select([c for c in ("source", "treatment", "gender", "age_group", "rewrite_prompt", "turns")
                                     if c in schema.names]).to_pylist())
         rows += table.num_rows
+        arrow_bytes += table.nbytes
     rejected = {st: sum((Counter(seal.rejected_by_reason) for seal in st_seals.values()), Counter())
                 for st, st_seals in all_seals.items()}
-    rundir.write_bytes_rel(f"{base}/README.md", render_card(name, stage, rows, stats, rejected).encode())
+    rundir.write_bytes_rel(f"{base}/README.md", render_card(name, stage, Sizes(rows, arrow_bytes, sum(f.bytes for f in files)), stats, rejected).encode())
     marker = ExportMarker(name=name, stage=stage, fingerprint=fingerprint, files=files, rows=rows, exported_at=time.time())
     rundir.write_model(f"{base}/{EXPORTED}", marker)
     return marker

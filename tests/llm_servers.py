@@ -75,6 +75,8 @@ class FaultProxy:
         self.served_429 = 0
         self.dropped = 0
         self.forwarded = 0
+        self.in_flight = 0
+        self.max_in_flight = 0  # most requests forwarded at the same time
         self.auth_headers: list[str | None] = []
         self.errors: list[str] = []
         self.lock = threading.Lock()
@@ -102,12 +104,18 @@ class FaultProxy:
                         self.end_headers()
                         return
                 path = self.path.removeprefix("/v1")
+                with proxy.lock:
+                    proxy.in_flight += 1
+                    proxy.max_in_flight = max(proxy.max_in_flight, proxy.in_flight)
                 try:
                     reply = httpx.post(f"{proxy.upstream}{path}", content=body, timeout=120,
                                        headers={"content-type": "application/json"})
                 except httpx.HTTPError as exc:
                     proxy.errors.append(repr(exc))
                     raise
+                finally:
+                    with proxy.lock:
+                        proxy.in_flight -= 1
                 with proxy.lock:
                     proxy.forwarded += 1
                 self.send_response(reply.status_code)

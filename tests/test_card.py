@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from actors.demographics import from_source
-from pipeline.card import DialogueStats, render_card
+from pipeline.card import DialogueStats, Sizes, render_card
 from schemas import SourceDialogue, Turn
 
 
@@ -36,12 +36,13 @@ def test_multi_turn_figures_count_rewritten_consultations_only() -> None:
 def test_card_shows_paper_figures_and_rejections() -> None:
     stats = DialogueStats()
     stats.add([row("consultation", [("patient", "头疼"), ("doctor", "多久了？"), ("patient", "两天"), ("doctor", "休息。")])])
-    card = render_card("TextMedDataset", "demographics", 1, stats, {"rewrite": Counter({"rewrite.follow_ups": 3})})
+    card = render_card("TextMedDataset", "demographics", Sizes(1, 100, 80), stats,
+                       {"rewrite": Counter({"rewrite.follow_ups": 3})})
     assert card.startswith("---\nconfigs:")
     assert "| turns (utterances) per dialogue | 4.00 | 6.58 |" in card
     assert "| doctor follow-up questions per dialogue | 1.00 | 3.3 |" in card
     assert "| rewrite | rewrite.follow_ups | 3 |" in card
-    empty = render_card("Empty", "x", 0, DialogueStats(), {})
+    empty = render_card("Empty", "x", Sizes(0, 0, 0), DialogueStats(), {})
     assert "SpeechMedAssist paper" not in empty and "0 rows" in empty
 
 
@@ -50,3 +51,23 @@ def test_stated_demographics_win() -> None:
     assert from_source(SourceDialogue(**base, gender="male", age=32)).age_group == "adult"
     assert from_source(SourceDialogue(**base, age=None)).age_group == "unknown"
     assert from_source(SourceDialogue(**base, age=80, age_group="child")).age_group == "child"  # already set: kept
+
+
+def test_same_name_exports_of_two_runs_load_their_own_rows(tmp_path, monkeypatch) -> None:
+    """`datasets` keys its cache of a local folder on the card header: each export's sizes
+    are in it, so one process loading two runs' TextMedDataset gets each run's rows."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.card import yaml_header
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    for run, n in (("a", 3), ("b", 5)):
+        folder = tmp_path / run / "TextMedDataset"
+        (folder / "data").mkdir(parents=True)
+        table = pa.table({"x": list(range(n))})
+        pq.write_table(table, folder / "data" / "train-00000-of-00001.parquet")
+        size = (folder / "data" / "train-00000-of-00001.parquet").stat().st_size
+        (folder / "README.md").write_text("\n".join(yaml_header(Sizes(n, table.nbytes, size))) + "\n")
+    assert [len(datasets.load_dataset(str(tmp_path / r / "TextMedDataset"), split="train")) for r in "aba"] == [3, 5, 3]

@@ -47,6 +47,21 @@ def test_429_is_backed_off_not_fatal(proxy: FaultProxy) -> None:
     assert all(FilterAnswer.model_validate_json(a.text) for a in answers)
 
 
+def test_concurrency_bound_is_shared_by_concurrent_callers(proxy: FaultProxy) -> None:
+    """The actor runs several micro-batches at once: together they stay within
+    max_concurrency, and each gets its own answers back in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine = _engine(proxy.url, max_concurrency=3)
+    batches = [_requests(12)[i::3] for i in range(3)]
+    alone = [engine.generate(b) for b in batches]
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(engine.generate, batches))
+    engine.close()
+    assert together == alone  # seeded: the same answers, each caller its own, in order
+    assert 2 <= proxy.max_in_flight <= 3 and proxy.forwarded == 24
+
+
 def test_retries_run_out_as_engine_unavailable(proxy: FaultProxy) -> None:
     proxy.down = True
     with pytest.raises(EngineUnavailable, match="no answer after 2 retries"):

@@ -64,7 +64,11 @@ class EngineConfig(_Strict):
 class LLMEngine(ABC):
     @abstractmethod
     def generate(self, requests: list[LLMRequest]) -> list[LLMResponse]:
-        """One response per request, in order; the engine batches them as it likes."""
+        """One response per request, in order; the engine batches them as it likes.
+        May be called from several threads at once."""
+
+    def close(self) -> None:
+        """Release what the engine holds (processes, connections)."""
 
 
 def build_engine(config: EngineConfig) -> LLMEngine:

@@ -1,6 +1,7 @@
 """Any OpenAI-compatible chat endpoint (`vllm serve`, a hosted Qwen API) over async HTTP.
 
-Requests run concurrently up to `max_concurrency`; 429, 5xx, timeouts and refused
+Requests run concurrently up to `max_concurrency` per engine (one client and one bound
+shared by every micro-batch the actor runs at once); 429, 5xx, timeouts and refused
 connections are retried with exponential backoff and jitter (honouring Retry-After), up to
 `max_retries`. When retries run out the engine raises `EngineUnavailable`, which fails the
 micro-batch (it is redone on resume) instead of rejecting its rows. The API key is read
@@ -17,6 +18,7 @@ import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from actors.engines import EngineUnavailable
+from actors.engines.background import BackgroundLoop
 from actors.engines.llm import EngineConfig, LLMEngine, LLMRequest, LLMResponse
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -49,18 +51,26 @@ class OpenAIEngine(LLMEngine):
         if not config.base_url:
             raise ValueError("an openai engine needs base_url (e.g. http://127.0.0.1:8000/v1)")
         self.config = config
-        self.api_key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
+        api_key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
+        self._loop = BackgroundLoop("openai-engine-loop")
+        self._client, self._gate = self._loop.run(self._open(api_key))
+
+    async def _open(self, api_key: str) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
+        # Made on the engine's loop, which they belong to.
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        client = httpx.AsyncClient(base_url=self.config.base_url, headers=headers, timeout=self.config.request_timeout_s,
+                                   limits=httpx.Limits(max_connections=self.config.max_concurrency))
+        return client, asyncio.Semaphore(self.config.max_concurrency)
 
     def generate(self, requests: list[LLMRequest]) -> list[LLMResponse]:
-        return asyncio.run(self._generate(requests))
+        return self._loop.run(self._generate(requests))
 
     async def _generate(self, requests: list[LLMRequest]) -> list[LLMResponse]:
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        limits = httpx.Limits(max_connections=self.config.max_concurrency)
-        gate = asyncio.Semaphore(self.config.max_concurrency)
-        async with httpx.AsyncClient(base_url=self.config.base_url, headers=headers, limits=limits,
-                                     timeout=self.config.request_timeout_s) as client:
-            return list(await asyncio.gather(*(self._one(client, gate, r) for r in requests)))
+        return list(await asyncio.gather(*(self._one(self._client, self._gate, r) for r in requests)))
+
+    def close(self) -> None:
+        self._loop.run(self._client.aclose())
+        self._loop.close()
 
     async def _one(self, client: httpx.AsyncClient, gate: asyncio.Semaphore, request: LLMRequest) -> LLMResponse:
         retrying = AsyncRetrying(

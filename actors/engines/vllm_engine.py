@@ -15,14 +15,11 @@ import asyncio
 import itertools
 import re
 import socket
-import threading
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from actors.engines.background import BackgroundLoop
 from actors.engines.llm import EngineConfig, LLMEngine, LLMRequest, LLMResponse
-
-T = TypeVar("T")
 
 
 def engine_kwargs(config: EngineConfig) -> dict[str, Any]:
@@ -80,10 +77,8 @@ class VLLMEngine(LLMEngine):
         self.config = config
         self.tokenizer = AutoTokenizer.from_pretrained(config.model)
         self._ids = itertools.count()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine-loop", daemon=True)
-        self._thread.start()
-        self.engine = self._run(self._start())
+        self._loop = BackgroundLoop("vllm-engine-loop")
+        self.engine = self._loop.run(self._start())
 
     async def _start(self) -> Any:
         # Built on the engine's loop: its output handler lives there.
@@ -92,15 +87,12 @@ class VLLMEngine(LLMEngine):
 
         return AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs(self.config), disable_log_stats=True))
 
-    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
-
     def prompt(self, messages: list[dict[str, str]]) -> str:
         """The model's chat template applied to the messages, ready for generation."""
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def generate(self, requests: list[LLMRequest]) -> list[LLMResponse]:
-        return self._run(self._generate(requests))
+        return self._loop.run(self._generate(requests))
 
     async def _generate(self, requests: list[LLMRequest]) -> list[LLMResponse]:
         return list(await asyncio.gather(*(self._one(r) for r in requests)))
@@ -116,4 +108,4 @@ class VLLMEngine(LLMEngine):
 
     def close(self) -> None:
         self.engine.shutdown()
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop.close()
