@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -28,7 +29,7 @@ from pipeline.status import run_status
 from storage.fs import exists, resolve
 from storage.lock import RunLocked
 from storage.manifest import write_manifest
-from storage.markers import ShardSeal
+from storage.markers import PoolInfo, ShardSeal
 from storage.rundir import RunDir
 from storage.verify import verify
 
@@ -253,6 +254,62 @@ def demo(
     _execute(cfg, run_uri, f"speechmed demo --run {run_uri}", address, as_json)
     if not as_json:
         out.print(f"load it: datasets.load_dataset('{run_uri}/datasets/TextMedDataset')")
+
+
+voices_app = typer.Typer(no_args_is_help=True, help="The reference-voice pool (Aishell-2/3) that voice matching draws from.")
+app.add_typer(voices_app, name="voices")
+
+
+def _print_pool(pool: str, info: PoolInfo, as_json: bool) -> None:
+    from pipeline.voices import read_voices
+
+    table = read_voices(pool)
+    mix = Counter(zip(table.column("gender").to_pylist(), table.column("age_group").to_pylist()))
+    if as_json:
+        out.print_json(json.dumps({"pool": pool, **info.model_dump(mode="json"),
+                                   "clips_by_gender_age": {f"{g}/{a}": n for (g, a), n in sorted(mix.items())}}))
+        return
+    out.print(f"[bold]{pool}[/bold]: {info.clips} clips from {info.speakers} speakers "
+              f"({', '.join(f'{c}: {r}' for c, r in info.corpora.items())})", soft_wrap=True)
+    grid = Table("gender", "age group", "clips")
+    for (gender, age), n in sorted(mix.items()):
+        grid.add_row(gender, age, str(n))
+    out.print(grid)
+    if info.excluded_by_reason:
+        out.print("excluded: " + ", ".join(f"{r} {n}" for r, n in sorted(info.excluded_by_reason.items()))
+                  + f" (details: {pool}/excluded.parquet)", soft_wrap=True)
+
+
+@voices_app.command("build")
+def voices_build(
+    out_dir: Annotated[str, typer.Option("--out", help="pool folder to write (local path or URI)")],
+    aishell2: Annotated[Optional[str], typer.Option(help="Aishell-2 root (holds iOS/data/)")] = None,
+    aishell3: Annotated[Optional[str], typer.Option(help="Aishell-3 root (holds spk-info.txt, train/, test/)")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Index every usable clip with its speaker's gender, age group and accent."""
+    from pipeline.voices import build_pool
+
+    corpora = {name: root for name, root in (("aishell2", aishell2), ("aishell3", aishell3)) if root}
+    if not corpora:
+        _fail("give at least one of --aishell2 ROOT and --aishell3 ROOT", EXIT_USAGE)
+    for name, root in corpora.items():
+        if not exists(resolve(root), resolve(root).root):
+            _fail(f"--{name} {root}: no such folder", EXIT_USAGE)
+    info = build_pool(corpora, out_dir)  # type: ignore[arg-type]
+    _print_pool(out_dir, info, as_json)
+
+
+@voices_app.command("show")
+def voices_show(pool: Annotated[str, typer.Argument(help="pool folder")], as_json: AsJson = False) -> None:
+    """Clips by gender and age group, and what was excluded and why."""
+    from pipeline.voices import read_pool_info
+
+    try:
+        info = read_pool_info(pool)
+    except FileNotFoundError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    _print_pool(pool, info, as_json)
 
 
 def main() -> None:

@@ -94,6 +94,17 @@ class ExportMarker(_Marker):
     exported_at: float
 
 
+class PoolInfo(_Marker):
+    """pool.json of a reference-voice pool, written after its Parquet files."""
+
+    corpora: dict[str, str]  # corpus → root it was built from
+    files: list[FileEntry]
+    clips: int
+    speakers: int
+    excluded_by_reason: dict[str, int]
+    built_at: float
+
+
 class RunInfo(_Marker):
     """run.json: everything needed to resume a run without the original config file."""
 
