@@ -13,13 +13,14 @@ from schemas.records import (
     SynthesizedTurn,
     Treatment,
     Turn,
+    VoiceChoice,
     VoiceReference,
     age_group_of,
 )
 
 __all__ = [
     "AgeGroup", "AudioData", "Gender", "Record", "Rejection", "Role", "SourceDialogue",
-    "SynthesizedTurn", "Treatment", "Turn", "VoiceReference", "age_group_of", "arrow_schema",
+    "SynthesizedTurn", "Treatment", "Turn", "VoiceChoice", "VoiceReference", "age_group_of", "arrow_schema",
     "arrow_type", "content_key", "from_table",
     "record_id", "rng_for", "seed_for", "shard_of", "to_table",
 ]

@@ -53,6 +53,25 @@ def age_group_of(age: int | None) -> AgeGroup:
     return "elderly"
 
 
+class VoiceChoice(Record):
+    """The patient voice a dialogue is synthesised with, chosen by the voice_match stage.
+
+    `zero_shot`: a reference clip of a pool speaker matching the patient (CosyVoice2
+    prompt); `random_timbre`: no attribute known, a random voice fixed by `seed`
+    (FishSpeech). `match` says which attributes the speaker was chosen on.
+    """
+
+    engine: Literal["zero_shot", "random_timbre"]
+    match: Literal["gender_age", "gender", "age_group", "none"]
+    seed: int
+    speaker_id: str | None = None
+    clip_id: str | None = None
+    clip_path: str | None = None
+    clip_transcript: str | None = None
+    speaker_gender: Gender | None = None
+    speaker_age_group: AgeGroup | None = None
+
+
 class SourceDialogue(Record):
     """One dialogue, from its source corpus through the text stages, with a stable id.
 
@@ -73,6 +92,7 @@ class SourceDialogue(Record):
     demographics_by: Literal["source", "llm", "source+llm"] | None = Field(
         None, description="where gender and age_group came from; None until the demographics stage")
     rewrite_prompt: str | None = Field(None, description="fingerprint of the prompt that rewrote the turns; None = as read")
+    voice: VoiceChoice | None = Field(None, description="the patient's voice; None until the voice_match stage")
     turns: list[Turn]
 
 
