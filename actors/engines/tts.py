@@ -1,0 +1,39 @@
+"""The TTS engine interface and its configuration.
+
+`TTSEngine.synthesize(text, voice) -> (samples, sample_rate)`: one utterance, mono float32
+in [-1, 1], in the voice the voice_match stage chose for the dialogue (`VoiceChoice`: a
+reference clip for zero-shot engines, or a seed for a random timbre). The same voice gives
+the same timbre for every turn of a dialogue. Implementations: `espeak` (CPU, tests and
+the demo, `actors.engines.espeak_engine`); the GPU engines come with their own adapters.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas import VoiceChoice
+
+
+class TTSConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["espeak"] = "espeak"
+    rate_wpm: int = Field(160, ge=80, le=450, description="espeak: speaking rate, words per minute")
+
+
+class TTSEngine(ABC):
+    @abstractmethod
+    def synthesize(self, text: str, voice: VoiceChoice) -> tuple[np.ndarray, int]:
+        """One utterance of `text` in `voice`: (mono float32 samples in [-1, 1], sample rate)."""
+
+
+def build_tts(config: TTSConfig) -> TTSEngine:
+    if config.kind == "espeak":
+        from actors.engines.espeak_engine import EspeakEngine
+
+        return EspeakEngine(config)
+    raise ValueError(f"unknown TTS engine kind {config.kind!r}")
