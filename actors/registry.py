@@ -11,11 +11,12 @@ from actors.prefilter import Prefilter
 from actors.normalize import NormalizeStage
 from actors.rewrite import RewriteStage
 from actors.simulate import SimulatedEngineStage
+from actors.synthesize import SynthesizeStage
 from actors.voice_match import VoiceMatchStage
 
 STAGE_KINDS: dict[str, type[Stage]] = {
     cls.kind: cls for cls in (Prefilter, NormalizeStage, SimulatedEngineStage, LLMFilterStage, RewriteStage, DemographicsStage,
-                         VoiceMatchStage)
+                         VoiceMatchStage, SynthesizeStage)
 }
 
 

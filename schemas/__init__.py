@@ -5,6 +5,7 @@ from schemas.ids import content_key, record_id, rng_for, seed_for, shard_of
 from schemas.records import (
     AgeGroup,
     AudioData,
+    CoughSplice,
     Gender,
     Record,
     Rejection,
@@ -19,7 +20,7 @@ from schemas.records import (
 )
 
 __all__ = [
-    "AgeGroup", "AudioData", "Gender", "Record", "Rejection", "Role", "SourceDialogue",
+    "AgeGroup", "AudioData", "CoughSplice", "Gender", "Record", "Rejection", "Role", "SourceDialogue",
     "SynthesizedTurn", "Treatment", "Turn", "VoiceChoice", "VoiceReference", "age_group_of", "arrow_schema",
     "arrow_type", "content_key", "from_table",
     "record_id", "rng_for", "seed_for", "shard_of", "to_table",

@@ -117,17 +117,28 @@ class AudioData(Record):
     path: str | None = None
 
 
+class CoughSplice(Record):
+    """A cough recording spliced into a turn's audio where its text had `<cough>`."""
+
+    clip_id: str
+    offset_s: float
+    duration_s: float
+
+
 class SynthesizedTurn(Record):
+    """One spoken turn of a dialogue (the synthesize stage fans a dialogue out into these)."""
+
     id: str = Field(description="<dialogue id>-<turn index>")
     dialogue_id: str
     turn_index: int
-    text: str
+    role: Role
+    text: str = Field(description="what was spoken (the turn's speech_text), `<cough>` where a cough was spliced")
     audio: AudioData
     sample_rate: int
     duration_s: float
-    engine: str
-    voice_clip_id: str | None = None
-    seed: int
+    engine: str = Field(description="the TTS engine kind that spoke it")
+    voice: VoiceChoice
+    coughs: list[CoughSplice] = []
 
 
 class Rejection(Record):

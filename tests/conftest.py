@@ -123,3 +123,37 @@ def proxy(llm_server: str) -> Iterator["FaultProxy"]:
     p = FaultProxy(llm_server)
     yield p
     p.close()
+
+
+# (gender word, age letter, speakers): no male child in the pool, on purpose.
+POOL_SPEAKERS = [("female", "A", 3), ("female", "C", 5), ("male", "C", 4), ("male", "D", 2), ("female", "D", 1)]
+
+
+@pytest.fixture(scope="session")
+def voice_pool(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A voice pool built from a generated Aishell-3-shaped folder: 15 speakers over five
+    gender/age groups (no male child, on purpose), three clips each, the third too short."""
+    import numpy as np
+    import soundfile
+
+    from pipeline.voices import build_pool
+
+    root = tmp_path_factory.mktemp("aishell3")
+    info, content, n = [], [], 0
+    for gender, letter, count in POOL_SPEAKERS:
+        for _ in range(count):
+            n += 1
+            speaker = f"SSB{n:04d}"
+            info.append(f"{speaker}\t{letter}\t{gender}\tnorth")
+            for clip in range(1, 4):
+                utt = f"{speaker}{clip:04d}"
+                content.append(f"{utt}.wav\t头 tou2 疼 teng2")
+                path = root / "train" / "wav" / speaker / f"{utt}.wav"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                seconds = 0.5 if clip == 3 else 1.5  # clip 3 is below min_clip_s
+                soundfile.write(path, np.zeros(int(16_000 * seconds)), 16_000)
+    (root / "spk-info.txt").write_text("\n".join(info) + "\n", encoding="utf-8")
+    (root / "train" / "content.txt").write_text("\n".join(content) + "\n", encoding="utf-8")
+    out = str(root.parent / "pool")
+    build_pool({"aishell3": str(root)}, out)
+    return out

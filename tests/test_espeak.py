@@ -48,11 +48,11 @@ def test_speech_of_plausible_length(engine) -> None:
 
 
 def test_same_voice_same_sound_and_variants_by_gender(engine) -> None:
-    # espeak-ng adds a little random jitter: the same voice is the same variant and pitch,
-    # not bit-identical samples (a few samples of length differ from call to call).
+    # espeak-ng jitters by a few samples from call to call (see the engine's docstring).
     a, rate = engine.synthesize("我嗓子疼", voice("male", "adult", seed=3))
+    engine.synthesize("别的话", voice("female", "child", seed=9))
     b, _ = engine.synthesize("我嗓子疼", voice("male", "adult", seed=3))
-    assert abs(len(a) - len(b)) < 0.01 * len(a) and abs(f0(a, rate) - f0(b, rate)) < 5
+    assert abs(len(a) - len(b)) < 0.001 * rate and abs(f0(a, rate) - f0(b, rate)) < 5
     assert espeak_voice(voice("female", "adult"))[0].startswith("cmn+f")
     assert espeak_voice(voice("male", "child"))[0].startswith("cmn+m")
     picks = {espeak_voice(voice(None, None, seed=s))[0] for s in range(60)}

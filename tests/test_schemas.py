@@ -14,10 +14,12 @@ import pytest
 
 from schemas import (
     AudioData,
+    CoughSplice,
     Rejection,
     SourceDialogue,
     SynthesizedTurn,
     Turn,
+    VoiceChoice,
     VoiceReference,
     age_group_of,
     arrow_schema,
@@ -56,7 +58,9 @@ def synthesized(i: int = 0, path: str | None = None) -> SynthesizedTurn:
     return SynthesizedTurn(
         id=f"d-{i}", dialogue_id="d", turn_index=i, text="我头疼。",
         audio=AudioData(bytes=AUDIO_BYTES + bytes([i]), path=path),
-        sample_rate=16000, duration_s=1.25, engine="espeak", voice_clip_id=None, seed=2**62 + i,
+        sample_rate=16000, duration_s=1.25, engine="espeak", role="patient",
+        voice=VoiceChoice(engine="random_timbre", match="none", seed=2**62 + i),
+        coughs=[CoughSplice(clip_id="c1", offset_s=0.5, duration_s=0.3)] if i else [],
     )
 
 
@@ -114,8 +118,9 @@ def test_voice_reference_and_synthesized_scalars():
     assert voice["accent"] == (pa.string(), True)
     synth = field_summary(arrow_schema(SynthesizedTurn))
     assert synth["turn_index"] == (pa.int64(), False)
-    assert synth["seed"] == (pa.int64(), False)
-    assert synth["voice_clip_id"] == (pa.string(), True)
+    assert synth["voice"][0].field("seed").type == pa.int64()
+    assert synth["voice"][0].field("clip_id").nullable
+    assert pa.types.is_list(synth["coughs"][0])
 
 
 def test_schema_is_cached_per_model():

@@ -9,43 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile
 
 from actors.registry import build_stage
 from actors.voice_match import VoiceMatchStage
 from pipeline.config import parse_config
 from pipeline.driver import execute
-from pipeline.voices import build_pool
 from schemas import SourceDialogue, Turn, from_table
 from storage.rundir import RunDir
 from tests.conftest import REPO
-
-# (gender word, age letter, speakers): no male child in the pool, on purpose.
-SPEAKERS = [("female", "A", 3), ("female", "C", 5), ("male", "C", 4), ("male", "D", 2), ("female", "D", 1)]
-
-
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory: pytest.TempPathFactory) -> str:
-    root = tmp_path_factory.mktemp("aishell3")
-    info, content, n = [], [], 0
-    for gender, letter, count in SPEAKERS:
-        for _ in range(count):
-            n += 1
-            speaker = f"SSB{n:04d}"
-            info.append(f"{speaker}\t{letter}\t{gender}\tnorth")
-            for clip in range(1, 4):
-                utt = f"{speaker}{clip:04d}"
-                content.append(f"{utt}.wav\t头 tou2 疼 teng2")
-                path = root / "train" / "wav" / speaker / f"{utt}.wav"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                seconds = 0.5 if clip == 3 else 1.5  # clip 3 is below min_clip_s
-                soundfile.write(path, np.zeros(int(16_000 * seconds)), 16_000)
-    (root / "spk-info.txt").write_text("\n".join(info) + "\n", encoding="utf-8")
-    (root / "train" / "content.txt").write_text("\n".join(content) + "\n", encoding="utf-8")
-    out = str(root.parent / "pool")
-    build_pool({"aishell3": str(root)}, out)
-    return out
-
 
 def matcher(pool: str, seed: int = 1) -> VoiceMatchStage:
     stage = build_stage("voice_match", "voice", {"pool": pool}, seed)
@@ -67,8 +38,8 @@ def patient(i: int, gender: str = "unknown", age_group: str = "unknown") -> Sour
     ("unknown", "young_adult", "random_timbre", "none"),  # nobody of that age: nothing to match on
     ("unknown", "unknown", "random_timbre", "none"),
 ])
-def test_matching_rules(pool: str, gender: str, age: str, engine: str, match: str) -> None:
-    stage = matcher(pool)
+def test_matching_rules(voice_pool: str, gender: str, age: str, engine: str, match: str) -> None:
+    stage = matcher(voice_pool)
     for i in range(20):
         voice = stage.choose(patient(i, gender, age))
         assert (voice.engine, voice.match) == (engine, match)
@@ -83,34 +54,34 @@ def test_matching_rules(pool: str, gender: str, age: str, engine: str, match: st
         assert not voice.clip_id.endswith("0003")  # too short for min_clip_s
 
 
-def test_same_choice_whatever_the_batching_and_even_speakers(pool: str) -> None:
+def test_same_choice_whatever_the_batching_and_even_speakers(voice_pool: str) -> None:
     dialogues = [patient(i, "female", "adult") for i in range(3000)]
-    one = matcher(pool).process(dialogues).accepted
+    one = matcher(voice_pool).process(dialogues).accepted
     rng = np.random.default_rng(0)
     shuffled = [dialogues[i] for i in rng.permutation(len(dialogues))]
-    other = matcher(pool)
+    other = matcher(voice_pool)
     again = [d for k in range(0, 3000, 7) for d in other.process(shuffled[k:k + 7]).accepted]
     assert {d.id: d.voice for d in one} == {d.id: d.voice for d in again}
     use = Counter(d.voice.speaker_id for d in one)
     assert len(use) == 5 and max(use.values()) < 1.2 * 3000 / 5 and min(use.values()) > 0.8 * 3000 / 5
-    reseeded = matcher(pool, seed=2)
+    reseeded = matcher(voice_pool, seed=2)
     assert sum(reseeded.choose(d).clip_id != d.voice.clip_id for d in one[:50]) > 10  # the run seed matters
     assert len({d.voice.seed for d in one}) > 2900  # a timbre/sampling seed per dialogue
 
 
-def test_empty_pool_range_is_a_setup_error(pool: str) -> None:
-    stage = build_stage("voice_match", "voice", {"pool": pool, "min_clip_s": 20}, 1)
+def test_empty_pool_range_is_a_setup_error(voice_pool: str) -> None:
+    stage = build_stage("voice_match", "voice", {"pool": voice_pool, "min_clip_s": 20}, 1)
     with pytest.raises(ValueError, match="no clip between 20"):
         stage.setup()
 
 
 @pytest.mark.usefixtures("ray_connected")
-def test_voice_match_in_the_pipeline(tmp_path: Path, pool: str) -> None:
+def test_voice_match_in_the_pipeline(tmp_path: Path, voice_pool: str) -> None:
     cfg = {"seed": 3, "num_shards": 2, "ingest_part_size": 8, "sources": [
         {"name": "meddg", "format": "meddg", "path": str(REPO / "tests" / "fixtures" / "sources" / "meddg" / "train.txt")},
         {"name": "sample", "format": "sharegpt", "path": str(REPO / "pipeline" / "demo" / "sample_consultations.json"),
          "limit": 6}],
-        "stages": [{"name": "voice", "kind": "voice_match", "params": {"pool": pool}, "micro_batch_size": 4,
+        "stages": [{"name": "voice", "kind": "voice_match", "params": {"pool": voice_pool}, "micro_batch_size": 4,
                     "resources": {"actors": 1, "num_cpus": 0.25}}]}
     run = tmp_path / "run"
     execute(parse_config(cfg, base_dir=None, origin="test"), str(run), command="pytest")

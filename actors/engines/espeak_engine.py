@@ -10,8 +10,10 @@ constant within a dialogue and plausible for the patient:
   offset from the same seed.
 
 libespeak-ng is one global synthesiser per process, so calls are serialised by a lock. It
-adds a little random jitter: one voice always gets the same variant and pitch, but not
-bit-identical samples from call to call.
+is not bit-reproducible: the same text in the same voice varies by a few samples (well
+under a millisecond) from call to call, and `espeak_ng_SetRandSeed` does not remove it
+(measured). Voice, pitch and every choice the pipeline makes are reproducible; sample
+counts, and so cough offsets, agree to within that jitter.
 """
 
 from __future__ import annotations

@@ -1,0 +1,88 @@
+"""Audio transformations, as small pure functions over numpy arrays.
+
+Everything the pipeline stores is 16 kHz mono float32 in [-1, 1] until it is encoded as
+FLAC (16-bit) in the Hugging Face `Audio` layout.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile
+import soxr
+
+RATE = 16_000
+
+
+def to_mono_16k(samples: np.ndarray, rate: int) -> np.ndarray:
+    """Mono (channels averaged), resampled to 16 kHz (soxr, high quality), float32."""
+    x = np.asarray(samples, dtype=np.float32)
+    if x.ndim == 2:
+        x = x.mean(axis=1)
+    if rate != RATE and len(x):
+        x = soxr.resample(x, rate, RATE, quality="HQ").astype(np.float32)
+    return x
+
+
+def flac_bytes(samples: np.ndarray, rate: int = RATE) -> bytes:
+    """16-bit FLAC of the samples, clipped to [-1, 1] first (PCM_16 wraps otherwise)."""
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.clip(samples, -1.0, 1.0), rate, format="FLAC", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def decode(data: bytes) -> tuple[np.ndarray, int]:
+    samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=False)
+    return samples, rate
+
+
+def rms_db(samples: np.ndarray) -> float:
+    """Loudness as RMS in dBFS (-120 for silence)."""
+    if not len(samples):
+        return -120.0
+    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+    return 20 * np.log10(max(rms, 1e-6))
+
+
+@dataclass(frozen=True)
+class Splice:
+    """Where one inserted clip lies in the spliced result, in seconds."""
+
+    offset_s: float
+    duration_s: float
+
+
+def splice(pieces: list[np.ndarray], inserts: list[np.ndarray], crossfade_s: float = 0.01,
+           rate: int = RATE) -> tuple[np.ndarray, list[Splice]]:
+    """pieces[0] + inserts[0] + pieces[1] + ... + pieces[-1], each insert scaled to the
+    loudness of the speech around it and joined with short linear crossfades.
+
+    `len(pieces) == len(inserts) + 1`; empty pieces are allowed (a cough at the start or
+    the end of a turn)."""
+    if len(pieces) != len(inserts) + 1:
+        raise ValueError(f"{len(pieces)} pieces need {len(pieces) - 1} inserts, got {len(inserts)}")
+    speech = np.concatenate([p for p in pieces if len(p)]) if any(len(p) for p in pieces) else np.zeros(0, np.float32)
+    target = rms_db(speech) if len(speech) else -20.0
+    fade = max(1, int(crossfade_s * rate))
+    out = np.asarray(pieces[0], dtype=np.float32)
+    spans = []
+    for insert, piece in zip(inserts, pieces[1:]):
+        gain = 10 ** ((target - rms_db(insert)) / 20) if len(insert) else 1.0
+        scaled = np.clip(np.asarray(insert, dtype=np.float32) * gain, -1.0, 1.0)
+        start = max(len(out) - min(fade, len(out), len(scaled)), 0)
+        out = _join(out, scaled, fade)
+        spans.append(Splice(offset_s=start / rate, duration_s=len(scaled) / rate))
+        out = _join(out, np.asarray(piece, dtype=np.float32), fade)
+    return out, spans
+
+
+def _join(a: np.ndarray, b: np.ndarray, fade: int) -> np.ndarray:
+    """a then b, overlapping by up to `fade` samples with a linear crossfade."""
+    n = min(fade, len(a), len(b))
+    if n == 0:
+        return np.concatenate([a, b])
+    ramp = np.linspace(0.0, 1.0, n, dtype=np.float32)
+    mixed = a[-n:] * (1 - ramp) + b[:n] * ramp
+    return np.concatenate([a[:-n], mixed, b[n:]])

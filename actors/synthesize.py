@@ -1,0 +1,120 @@
+"""Synthesize stage: every patient turn of a dialogue spoken in its matched voice.
+
+A fan-out stage: one dialogue in, one `SynthesizedTurn` per spoken turn out (parent id
+`dialogue_id`). Patient turns use the dialogue's `VoiceChoice`; doctor turns, when
+`doctor_turns` is on, one fixed assistant voice. The text spoken is the turn's
+`speech_text` (the normalize stage's); a `<cough>` in it splits the turn: the pieces are
+synthesised, and a cough recording from `cough_dir`, drawn from the dialogue's generator,
+is spliced in at each placeholder, matched in loudness, with short crossfades. Which clip
+and where it lies are recorded. Audio is resampled to 16 kHz mono and stored as FLAC in
+the Hugging Face `Audio` layout.
+
+A dialogue whose audio cannot be made (a cough placeholder with no cough clips configured,
+an engine error on its text) is rejected whole with the reason, so a dialogue is never
+half spoken.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from actors.audio import RATE, decode, flac_bytes, splice, to_mono_16k
+from actors.base import Stage, StageParams, StageResult
+from actors.engines.tts import TTSConfig, TTSEngine, build_tts
+from actors.rewrite_rules import COUGH
+from schemas import AudioData, CoughSplice, SourceDialogue, SynthesizedTurn, VoiceChoice
+from storage.fs import list_files, read_bytes, resolve
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+# The doctor is a medical assistant with one voice across the dataset.
+ASSISTANT_VOICE = VoiceChoice(engine="random_timbre", match="none", seed=20_250_301, speaker_gender="female",
+                              speaker_age_group="adult")
+
+
+class SynthesizeParams(StageParams):
+    engine: TTSConfig = TTSConfig()
+    doctor_turns: bool = Field(False, description="also speak doctor turns, in one fixed assistant voice")
+    cough_dir: str | None = Field(None, description="folder of cough recordings (SoundDr / CoughVid clips)")
+    crossfade_s: float = Field(0.01, ge=0, le=0.2)
+
+
+class SynthesizeStage(Stage[SourceDialogue, SynthesizedTurn]):
+    kind = "synthesize"
+    input_model = SourceDialogue
+    output_model = SynthesizedTurn
+    parent_id_field = "dialogue_id"
+    Params = SynthesizeParams
+    params: SynthesizeParams
+    engine: TTSEngine
+
+    def setup(self) -> None:
+        self.engine = build_tts(self.params.engine)
+        self.coughs: list[tuple[str, np.ndarray]] = []
+        if self.params.cough_dir:
+            loc = resolve(self.params.cough_dir)
+            for path in sorted(p for p in list_files(loc, loc.root) if p.lower().endswith(AUDIO_SUFFIXES)):
+                samples, rate = decode(read_bytes(loc, path))
+                self.coughs.append((loc.rel(path), to_mono_16k(samples, rate)))
+            if not self.coughs:
+                raise ValueError(f"cough_dir {self.params.cough_dir}: no {'/'.join(AUDIO_SUFFIXES)} files")
+
+    def fingerprint_extra(self) -> dict[str, Any]:
+        if not self.params.cough_dir:
+            return {}
+        loc = resolve(self.params.cough_dir)
+        return {"coughs": sorted((loc.rel(p), size) for p, size in list_files(loc, loc.root).items())}
+
+    def _speak(self, text: str, voice: VoiceChoice) -> np.ndarray:
+        if not text.strip():
+            return np.zeros(0, dtype=np.float32)
+        samples, rate = self.engine.synthesize(text, voice)
+        return to_mono_16k(samples, rate)
+
+    def _turn(self, dialogue: SourceDialogue, index: int, voice: VoiceChoice, rng: np.random.Generator) -> SynthesizedTurn:
+        turn = dialogue.turns[index]
+        text = turn.speech_text if turn.speech_text is not None else turn.text
+        pieces = text.split(COUGH)
+        spoken = [self._speak(p, voice) for p in pieces]
+        coughs: list[CoughSplice] = []
+        if len(pieces) > 1:
+            if not self.coughs:
+                raise _Unspeakable("no_cough_clips", f"turn {index} has {len(pieces) - 1} {COUGH} but no cough_dir is "
+                                   "configured; set params.cough_dir to a folder of cough recordings")
+            chosen = [self.coughs[int(rng.integers(len(self.coughs)))] for _ in pieces[1:]]
+            audio, spans = splice(spoken, [c for _, c in chosen], self.params.crossfade_s)
+            coughs = [CoughSplice(clip_id=clip_id, offset_s=round(s.offset_s, 4), duration_s=round(s.duration_s, 4))
+                      for (clip_id, _), s in zip(chosen, spans, strict=True)]
+        else:
+            audio = spoken[0]
+        if not len(audio):
+            raise _Unspeakable("empty_audio", f"turn {index} gave no audio for {text[:40]!r}")
+        return SynthesizedTurn(
+            id=f"{dialogue.id}-{index}", dialogue_id=dialogue.id, turn_index=index, role=turn.role, text=text,
+            audio=AudioData(bytes=flac_bytes(audio), path=f"{dialogue.id}-{index}.flac"), sample_rate=RATE,
+            duration_s=round(len(audio) / RATE, 4), engine=self.params.engine.kind, voice=voice, coughs=coughs)
+
+    def process(self, batch: list[SourceDialogue]) -> StageResult[SynthesizedTurn]:
+        result: StageResult[SynthesizedTurn] = StageResult()
+        for dialogue in batch:
+            if dialogue.voice is None:
+                result.rejected.append(self.reject(dialogue, "no_voice", "the dialogue has no voice; run voice_match first"))
+                continue
+            rng = self.rng(dialogue.id)
+            try:
+                turns = [self._turn(dialogue, i, dialogue.voice if t.role == "patient" else ASSISTANT_VOICE, rng)
+                         for i, t in enumerate(dialogue.turns) if t.role == "patient" or self.params.doctor_turns]
+            except _Unspeakable as exc:
+                result.rejected.append(self.reject(dialogue, exc.code, exc.detail))
+                continue
+            result.accepted.extend(turns)
+        return result
+
+
+class _Unspeakable(Exception):
+    def __init__(self, code: str, detail: str):
+        super().__init__(detail)
+        self.code, self.detail = code, detail
+

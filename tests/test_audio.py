@@ -1,0 +1,58 @@
+"""Audio transformations: 16 kHz mono resampling, FLAC, loudness-matched cough splicing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from actors.audio import RATE, decode, flac_bytes, rms_db, splice, to_mono_16k
+
+
+def sine(freq: float, seconds: float, rate: int, amp: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def peak_hz(x: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(x))
+    return float(np.argmax(spectrum) * rate / len(x))
+
+
+def test_stereo_44k_to_mono_16k_keeps_the_pitch() -> None:
+    left = sine(1000, 2.0, 44_100)
+    stereo = np.stack([left, left], axis=1)
+    mono = to_mono_16k(stereo, 44_100)
+    assert mono.dtype == np.float32 and mono.ndim == 1
+    assert abs(len(mono) - 2 * RATE) <= 2
+    assert abs(peak_hz(mono, RATE) - 1000) < 2
+    assert to_mono_16k(np.zeros(0), 24_000).size == 0
+
+
+def test_flac_round_trip_and_clipping() -> None:
+    x = sine(440, 0.5, RATE)
+    back, rate = decode(flac_bytes(x))
+    assert rate == RATE and np.max(np.abs(back - x)) < 1 / 16_000
+    loud, _ = decode(flac_bytes(np.array([2.0, -3.0, 0.5], dtype=np.float32)))
+    assert loud.max() <= 1.0 and loud.min() >= -1.0 and loud[0] > 0.99 and loud[1] < -0.99
+
+
+def test_splice_matches_loudness_and_records_offsets() -> None:
+    speech = [sine(200, 1.0, RATE, 0.2), sine(250, 0.5, RATE, 0.2)]
+    cough = sine(900, 0.3, RATE, 0.9)  # much louder than the speech
+    out, spans = splice(speech, [cough], crossfade_s=0.01)
+    fade = int(0.01 * RATE)
+    assert len(out) == RATE + int(0.3 * RATE) + RATE // 2 - 2 * fade
+    (span,) = spans
+    assert span.offset_s == pytest.approx(1.0 - 0.01) and span.duration_s == pytest.approx(0.3)
+    start = int(span.offset_s * RATE) + fade
+    inserted = out[start:start + int(0.3 * RATE) - 2 * fade]
+    assert abs(rms_db(inserted) - rms_db(np.concatenate(speech))) < 1.0
+    assert abs(peak_hz(inserted, RATE) - 900) < 10
+
+
+def test_splice_at_the_edges_and_wrong_counts() -> None:
+    cough = sine(900, 0.2, RATE)
+    out, spans = splice([np.zeros(0, np.float32), sine(200, 0.5, RATE)], [cough])
+    assert spans[0].offset_s == 0.0 and len(out) == int(0.7 * RATE) - int(0.01 * RATE)
+    with pytest.raises(ValueError, match="2 pieces need 1 inserts"):
+        splice([cough, cough], [])
