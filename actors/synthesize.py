@@ -9,6 +9,10 @@ is spliced in at each placeholder, matched in loudness, with short crossfades. W
 and where it lies are recorded. Audio is resampled to 16 kHz mono and stored as FLAC in
 the Hugging Face `Audio` layout.
 
+Every turn passes the audio checks of `actors.audio_qc` (pace, clipping, edge silence) or
+is synthesised again with a new seed, up to `qc.max_attempts`; the scores and the number
+of attempts are kept with the turn.
+
 A dialogue whose audio cannot be made (a cough placeholder with no cough clips configured,
 an engine error on its text) is rejected whole with the reason, so a dialogue is never
 half spoken.
@@ -22,6 +26,7 @@ import numpy as np
 from pydantic import Field
 
 from actors.audio import RATE, decode, flac_bytes, splice, to_mono_16k
+from actors.audio_qc import QCParams, qc_problems, qc_scores
 from actors.base import Stage, StageParams, StageResult
 from actors.engines.tts import TTSConfig, TTSEngine, build_tts
 from actors.rewrite_rules import COUGH
@@ -39,6 +44,7 @@ class SynthesizeParams(StageParams):
     doctor_turns: bool = Field(False, description="also speak doctor turns, in one fixed assistant voice")
     cough_dir: str | None = Field(None, description="folder of cough recordings (SoundDr / CoughVid clips)")
     crossfade_s: float = Field(0.01, ge=0, le=0.2)
+    qc: QCParams = QCParams()
 
 
 class SynthesizeStage(Stage[SourceDialogue, SynthesizedTurn]):
@@ -67,34 +73,40 @@ class SynthesizeStage(Stage[SourceDialogue, SynthesizedTurn]):
         loc = resolve(self.params.cough_dir)
         return {"coughs": sorted((loc.rel(p), size) for p, size in list_files(loc, loc.root).items())}
 
-    def _speak(self, text: str, voice: VoiceChoice) -> np.ndarray:
+    def _speak(self, text: str, voice: VoiceChoice, seed: int) -> np.ndarray:
         if not text.strip():
             return np.zeros(0, dtype=np.float32)
-        samples, rate = self.engine.synthesize(text, voice)
+        samples, rate = self.engine.synthesize(text, voice, seed)
         return to_mono_16k(samples, rate)
 
     def _turn(self, dialogue: SourceDialogue, index: int, voice: VoiceChoice, rng: np.random.Generator) -> SynthesizedTurn:
         turn = dialogue.turns[index]
         text = turn.speech_text if turn.speech_text is not None else turn.text
         pieces = text.split(COUGH)
-        spoken = [self._speak(p, voice) for p in pieces]
-        coughs: list[CoughSplice] = []
-        if len(pieces) > 1:
-            if not self.coughs:
-                raise _Unspeakable("no_cough_clips", f"turn {index} has {len(pieces) - 1} {COUGH} but no cough_dir is "
-                                   "configured; set params.cough_dir to a folder of cough recordings")
-            chosen = [self.coughs[int(rng.integers(len(self.coughs)))] for _ in pieces[1:]]
-            audio, spans = splice(spoken, [c for _, c in chosen], self.params.crossfade_s)
-            coughs = [CoughSplice(clip_id=clip_id, offset_s=round(s.offset_s, 4), duration_s=round(s.duration_s, 4))
-                      for (clip_id, _), s in zip(chosen, spans, strict=True)]
+        if len(pieces) > 1 and not self.coughs:
+            raise _Unspeakable("no_cough_clips", f"turn {index} has {len(pieces) - 1} {COUGH} but no cough_dir is "
+                               "configured; set params.cough_dir to a folder of cough recordings")
+        # Drawn before any attempt, so retries and resumes keep the same cough clips.
+        chosen = [self.coughs[int(rng.integers(len(self.coughs)))] for _ in pieces[1:]]
+        qc = self.params.qc
+        for attempt in range(qc.max_attempts):
+            seed = (voice.seed + 1_000_003 * index + attempt) % 2**31
+            audio, spans = splice([self._speak(p, voice, seed) for p in pieces], [c for _, c in chosen],
+                                  self.params.crossfade_s)
+            scores = qc_scores(audio, RATE, text, inserted_s=sum(s.duration_s for s in spans), silence_db=qc.silence_db)
+            problems = qc_problems(scores, qc)
+            if not problems:
+                break
         else:
-            audio = spoken[0]
-        if not len(audio):
-            raise _Unspeakable("empty_audio", f"turn {index} gave no audio for {text[:40]!r}")
+            raise _Unspeakable("qc_failed", f"turn {index} failed the audio checks {qc.max_attempts} times; last: "
+                               f"{'; '.join(problems)}; scores {scores.model_dump_json()}")
+        coughs = [CoughSplice(clip_id=clip_id, offset_s=round(s.offset_s, 4), duration_s=round(s.duration_s, 4))
+                  for (clip_id, _), s in zip(chosen, spans, strict=True)]
         return SynthesizedTurn(
             id=f"{dialogue.id}-{index}", dialogue_id=dialogue.id, turn_index=index, role=turn.role, text=text,
             audio=AudioData(bytes=flac_bytes(audio), path=f"{dialogue.id}-{index}.flac"), sample_rate=RATE,
-            duration_s=round(len(audio) / RATE, 4), engine=self.params.engine.kind, voice=voice, coughs=coughs)
+            duration_s=round(len(audio) / RATE, 4), engine=self.params.engine.kind, voice=voice, coughs=coughs,
+            qc=scores, attempts=attempt + 1)
 
     def process(self, batch: list[SourceDialogue]) -> StageResult[SynthesizedTurn]:
         result: StageResult[SynthesizedTurn] = StageResult()

@@ -125,6 +125,17 @@ class CoughSplice(Record):
     duration_s: float
 
 
+class QCScores(Record):
+    """Audio quality scores of one synthesised turn (actors.audio_qc)."""
+
+    duration_s: float
+    spoken_chars: int
+    s_per_char: float | None = Field(description="speech seconds per spoken character; None if none")
+    clipped: float = Field(description="share of samples at full scale")
+    leading_silence_s: float
+    trailing_silence_s: float
+
+
 class SynthesizedTurn(Record):
     """One spoken turn of a dialogue (the synthesize stage fans a dialogue out into these)."""
 
@@ -139,6 +150,8 @@ class SynthesizedTurn(Record):
     engine: str = Field(description="the TTS engine kind that spoke it")
     voice: VoiceChoice
     coughs: list[CoughSplice] = []
+    qc: QCScores
+    attempts: int = Field(1, description="syntheses it took to pass the audio checks")
 
 
 class Rejection(Record):

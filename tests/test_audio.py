@@ -56,3 +56,24 @@ def test_splice_at_the_edges_and_wrong_counts() -> None:
     assert spans[0].offset_s == 0.0 and len(out) == int(0.7 * RATE) - int(0.01 * RATE)
     with pytest.raises(ValueError, match="2 pieces need 1 inserts"):
         splice([cough, cough], [])
+
+
+def test_qc_scores_and_problems() -> None:
+    from actors.audio_qc import QCParams, qc_problems, qc_scores
+
+    params = QCParams()
+    speech = np.concatenate([np.zeros(RATE // 5, np.float32), sine(200, 2.0, RATE), np.zeros(RATE // 10, np.float32)])
+    good = qc_scores(speech, RATE, "我头疼了三天，晚上睡不好。")  # 11 spoken characters
+    assert good.spoken_chars == 11 and good.s_per_char == pytest.approx(2.3 / 11, abs=1e-3)
+    assert good.leading_silence_s == pytest.approx(0.2, abs=0.02) and good.trailing_silence_s == pytest.approx(0.1, abs=0.02)
+    assert qc_problems(good, params) == []
+
+    rushed = qc_scores(sine(200, 0.3, RATE), RATE, "我头疼了三天，晚上睡不好。")
+    assert [p.split(":")[0] for p in qc_problems(rushed, params)] == ["pace"]
+    clipped = qc_scores(np.clip(sine(200, 2.0, RATE, 3.0), -1, 1), RATE, "我头疼了三天，晚上睡不好。")
+    assert any(p.startswith("clipping") for p in qc_problems(clipped, params))
+    padded = np.concatenate([np.zeros(3 * RATE, np.float32), sine(200, 2.0, RATE)])
+    assert any(p.startswith("silence: 3.00 s leading") for p in qc_problems(qc_scores(padded, RATE, "我头疼了"), params))
+    # A spliced cough is not speech time: 2.3 s of audio of which 1.5 s cough → 0.8 s for 11 characters.
+    assert qc_scores(speech, RATE, "我<cough>头疼了三天，晚上睡不好。", inserted_s=1.5).s_per_char == pytest.approx(0.8 / 11, abs=1e-3)
+    assert qc_problems(qc_scores(np.zeros(0, np.float32), RATE, "好"), params) == ["empty: no samples"]

@@ -39,19 +39,19 @@ def engine():
 
 
 def test_speech_of_plausible_length(engine) -> None:
-    samples, rate = engine.synthesize("医生，我头疼三天了，体温三十八度。", voice("female", "adult"))
+    samples, rate = engine.synthesize("医生，我头疼三天了，体温三十八度。", voice("female", "adult"), 0)
     assert rate == 22_050 and samples.dtype == np.float32
     seconds = len(samples) / rate
     assert 1.5 < seconds < 8 and np.abs(samples).max() <= 1.0 and samples.std() > 0.02
-    short, _ = engine.synthesize("好。", voice("female", "adult"))
+    short, _ = engine.synthesize("好。", voice("female", "adult"), 0)
     assert len(short) < len(samples) / 3
 
 
 def test_same_voice_same_sound_and_variants_by_gender(engine) -> None:
     # espeak-ng jitters by a few samples from call to call (see the engine's docstring).
-    a, rate = engine.synthesize("我嗓子疼", voice("male", "adult", seed=3))
-    engine.synthesize("别的话", voice("female", "child", seed=9))
-    b, _ = engine.synthesize("我嗓子疼", voice("male", "adult", seed=3))
+    a, rate = engine.synthesize("我嗓子疼", voice("male", "adult", seed=3), 0)
+    engine.synthesize("别的话", voice("female", "child", seed=9), 0)
+    b, _ = engine.synthesize("我嗓子疼", voice("male", "adult", seed=3), 0)
     assert abs(len(a) - len(b)) < 0.001 * rate and abs(f0(a, rate) - f0(b, rate)) < 5
     assert espeak_voice(voice("female", "adult"))[0].startswith("cmn+f")
     assert espeak_voice(voice("male", "child"))[0].startswith("cmn+m")
@@ -61,7 +61,7 @@ def test_same_voice_same_sound_and_variants_by_gender(engine) -> None:
 
 def test_pitch_follows_gender_and_age(engine) -> None:
     text = "医生您好，我最近总是咳嗽，晚上睡不好觉。"
-    pitch = {key: f0(*engine.synthesize(text, voice(*key, seed=11))) for key in
+    pitch = {key: f0(*engine.synthesize(text, voice(*key, seed=11), 0)) for key in
              [("female", "child"), ("female", "adult"), ("male", "adult"), ("male", "elderly")]}
     assert pitch[("female", "child")] > pitch[("female", "adult")]
     assert pitch[("female", "adult")] > pitch[("male", "adult")] > pitch[("male", "elderly")]

@@ -15,6 +15,7 @@ import pytest
 from schemas import (
     AudioData,
     CoughSplice,
+    QCScores,
     Rejection,
     SourceDialogue,
     SynthesizedTurn,
@@ -61,6 +62,8 @@ def synthesized(i: int = 0, path: str | None = None) -> SynthesizedTurn:
         sample_rate=16000, duration_s=1.25, engine="espeak", role="patient",
         voice=VoiceChoice(engine="random_timbre", match="none", seed=2**62 + i),
         coughs=[CoughSplice(clip_id="c1", offset_s=0.5, duration_s=0.3)] if i else [],
+        qc=QCScores(duration_s=1.25, spoken_chars=3, s_per_char=None if i else 0.4, clipped=0.0,
+                    leading_silence_s=0.1, trailing_silence_s=0.2),
     )
 
 

@@ -111,3 +111,12 @@ def test_match_and_speak_in_the_pipeline(tmp_path: Path, voice_pool: str) -> Non
         assert rate == 16_000 and samples.std() > 0.01
     seals = rundir.seals("speak")
     assert sum(s.rows_in for s in seals.values()) == len(dialogues)
+
+
+def test_audio_checks_retry_then_reject_with_scores() -> None:
+    # Bounds no real speech meets: every attempt fails, the dialogue is rejected with the scores.
+    s = stage(qc={"min_s_per_char": 5.0, "max_attempts": 2})
+    (rejection,) = s.process([dialogue(7, "我头疼了三天。")]).rejected
+    assert rejection.reason == "synthesize.qc_failed" and "2 times" in rejection.detail and '"s_per_char"' in rejection.detail
+    ok = stage().process([dialogue(8, "我头疼了三天。")]).accepted[0]
+    assert ok.attempts == 1 and ok.qc.spoken_chars == 6 and 0.08 <= ok.qc.s_per_char <= 0.8

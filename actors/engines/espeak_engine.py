@@ -65,7 +65,8 @@ class EspeakEngine(TTSEngine):
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(count,)).copy())
         return 0
 
-    def synthesize(self, text: str, voice: VoiceChoice) -> tuple[np.ndarray, int]:
+    def synthesize(self, text: str, voice: VoiceChoice, seed: int = 0) -> tuple[np.ndarray, int]:
+        # espeak has no sampling to seed; `seed` is accepted for the interface.
         variant, pitch = espeak_voice(voice)
         data = text.encode("utf-8")
         with self._lock:

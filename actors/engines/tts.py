@@ -1,9 +1,10 @@
 """The TTS engine interface and its configuration.
 
-`TTSEngine.synthesize(text, voice) -> (samples, sample_rate)`: one utterance, mono float32
-in [-1, 1], in the voice the voice_match stage chose for the dialogue (`VoiceChoice`: a
-reference clip for zero-shot engines, or a seed for a random timbre). The same voice gives
-the same timbre for every turn of a dialogue. Implementations: `espeak` (CPU, tests and
+`TTSEngine.synthesize(text, voice, seed) -> (samples, sample_rate)`: one utterance, mono
+float32 in [-1, 1], in the voice the voice_match stage chose for the dialogue
+(`VoiceChoice`: a reference clip for zero-shot engines, or a seed for a random timbre).
+The same voice gives the same timbre for every turn of a dialogue; `seed` drives the
+engine's sampling, so a retry with another seed says the same thing differently. Implementations: `espeak` (CPU, tests and
 the demo, `actors.engines.espeak_engine`); the GPU engines come with their own adapters.
 """
 
@@ -27,7 +28,7 @@ class TTSConfig(BaseModel):
 
 class TTSEngine(ABC):
     @abstractmethod
-    def synthesize(self, text: str, voice: VoiceChoice) -> tuple[np.ndarray, int]:
+    def synthesize(self, text: str, voice: VoiceChoice, seed: int) -> tuple[np.ndarray, int]:
         """One utterance of `text` in `voice`: (mono float32 samples in [-1, 1], sample rate)."""
 
 
