@@ -106,7 +106,7 @@ class OpenAIEngine(LLMEngine):
         return LLMResponse(text=choice["message"]["content"] or "", finish_reason=choice.get("finish_reason"))
 
 
-_backoff = wait_exponential_jitter(initial=0.5, max=30)
+_backoff = wait_exponential_jitter(multiplier=0.5, max=30)
 
 
 def _wait(state: RetryCallState) -> float:
