@@ -9,12 +9,8 @@ it" (and both unknown means a random timbre). Treatments the family does not cov
 
 from __future__ import annotations
 
-from typing import Any
-
-from pydantic import ValidationError
-
-from actors.engines.llm import LLMResponse, Sampling
-from actors.llm_stage import Invalid, LLMParams, LLMStage, Reading
+from actors.engines.llm import Sampling
+from actors.llm_stage import LLMParams, LLMStage, Reading
 from prompts import Prompt
 from schemas import SourceDialogue, age_group_of
 from schemas.llm import DemographicsAnswer
@@ -34,6 +30,7 @@ class DemographicsStage(LLMStage):
     kind = "demographics"
     family = "demographics"
     Params = DemographicsParams
+    answer_model = DemographicsAnswer
 
     def prompt_for(self, record: SourceDialogue) -> Prompt | None:
         stated = from_source(record)
@@ -46,14 +43,7 @@ class DemographicsStage(LLMStage):
         known = stated.gender != "unknown" or stated.age_group != "unknown"
         return stated.model_copy(update={"demographics_by": "source" if known else None})
 
-    def json_schema(self, prompt: Prompt) -> dict[str, Any]:
-        return DemographicsAnswer.model_json_schema()
-
-    def read(self, record: SourceDialogue, prompt: Prompt, response: LLMResponse) -> Reading:
-        try:
-            answer = DemographicsAnswer.model_validate_json(response.text)
-        except ValidationError as exc:
-            return Invalid("unparseable", f"not a DemographicsAnswer: {exc.errors()[0]['msg']}")
+    def read(self, record: SourceDialogue, prompt: Prompt, answer: DemographicsAnswer, raw: str) -> Reading:
         stated = from_source(record)
         gender = stated.gender if stated.gender != "unknown" else answer.gender
         age_group = stated.age_group if stated.age_group != "unknown" else answer.age_group

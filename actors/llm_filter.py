@@ -7,12 +7,8 @@ does not judge (exam questions, safety demonstrations) pass through untouched.
 
 from __future__ import annotations
 
-from typing import Any
-
-from pydantic import ValidationError
-
-from actors.engines.llm import LLMResponse, Sampling
-from actors.llm_stage import Invalid, LLMParams, LLMStage, Reading
+from actors.engines.llm import Sampling
+from actors.llm_stage import LLMParams, LLMStage, Reading
 from prompts import Prompt
 from schemas import SourceDialogue
 from schemas.llm import FilterAnswer
@@ -26,15 +22,9 @@ class LLMFilterStage(LLMStage):
     kind = "llm_filter"
     family = "filter"
     Params = FilterParams
+    answer_model = FilterAnswer
 
-    def json_schema(self, prompt: Prompt) -> dict[str, Any]:
-        return FilterAnswer.model_json_schema()
-
-    def read(self, record: SourceDialogue, prompt: Prompt, response: LLMResponse) -> Reading:
-        try:
-            answer = FilterAnswer.model_validate_json(response.text)
-        except ValidationError as exc:
-            return Invalid("unparseable", f"not a FilterAnswer: {exc.errors()[0]['msg']}")
+    def read(self, record: SourceDialogue, prompt: Prompt, answer: FilterAnswer, raw: str) -> Reading:
         if answer.keep:
             return record
-        return self.reject(record, "judged_out", answer.reason, raw_output=response.text)
+        return self.reject(record, "judged_out", answer.reason, raw_output=raw)

@@ -1,7 +1,9 @@
 """The loop every LLM stage shares: prompt by treatment, constrained answer, check, retry.
 
-A subclass names its prompt family (a file in prompts/), the output constraint for a
-prompt, and how to read one answer. Reading an answer gives one of three things:
+A subclass names its prompt family (a file in prompts/) and its answer model; the engine
+decodes under that model's JSON schema (or the subclass's `json_schema` for a prompt), an
+answer that does not parse is `Invalid("unparseable")`, and the subclass reads a parsed
+answer into one of three things:
 
 * the record to pass on (accepted),
 * a `Rejection` (a valid answer that says no, e.g. the judge rejects the dialogue),
@@ -18,7 +20,7 @@ from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, get_args
 
-from pydantic import Field
+from pydantic import BaseModel, Field, ValidationError
 
 from actors.base import Stage, StageParams, StageResult
 from actors.engines.llm import EngineConfig, LLMEngine, LLMRequest, LLMResponse, Sampling, build_engine
@@ -45,6 +47,7 @@ Reading = SourceDialogue | Rejection | Invalid
 
 class LLMStage(Stage[SourceDialogue, SourceDialogue]):
     family: ClassVar[str]
+    answer_model: ClassVar[type[BaseModel]]
     input_model = SourceDialogue
     output_model = SourceDialogue
     # Several micro-batches may be in the engine at once (see PartRunner): both engines
@@ -64,13 +67,13 @@ class LLMStage(Stage[SourceDialogue, SourceDialogue]):
     def passthrough(self, record: SourceDialogue) -> SourceDialogue:
         return record
 
-    @abstractmethod
     def json_schema(self, prompt: Prompt) -> dict[str, Any]:
         """The JSON schema the engine constrains this prompt's answers to."""
+        return self.answer_model.model_json_schema()
 
     @abstractmethod
-    def read(self, record: SourceDialogue, prompt: Prompt, response: LLMResponse) -> Reading:
-        """What one answer means for the record."""
+    def read(self, record: SourceDialogue, prompt: Prompt, answer: Any, raw: str) -> Reading:
+        """What one parsed answer (an `answer_model`; `raw` its text) means for the record."""
 
     def fingerprint_extra(self) -> dict[str, Any]:
         prompts = {t: p.fingerprint for t in get_args(Treatment) if (p := load_prompt(self.family, t))}
@@ -116,4 +119,8 @@ class LLMStage(Stage[SourceDialogue, SourceDialogue]):
     def _read(self, record: SourceDialogue, prompt: Prompt, response: LLMResponse) -> Reading:
         if response.finish_reason == "length":
             return Invalid("truncated", f"the answer hit max_tokens={self.params.sampling.max_tokens} before it ended")
-        return self.read(record, prompt, response)
+        try:
+            answer = self.answer_model.model_validate_json(response.text)
+        except ValidationError as exc:
+            return Invalid("unparseable", f"not a {self.answer_model.__name__}: {exc.errors()[0]['msg']}")
+        return self.read(record, prompt, answer, response.text)

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
-
-from actors.engines.llm import LLMResponse, Sampling
+from actors.engines.llm import Sampling
 from actors.llm_stage import Invalid, LLMParams, LLMStage, Reading
 from actors.rewrite_rules import COUGH, RewriteRules, check_rewrite, turn_pattern
 from prompts import Prompt
@@ -35,6 +33,7 @@ class RewriteStage(LLMStage):
     kind = "rewrite"
     family = "rewrite"
     Params = RewriteParams
+    answer_model = RewriteAnswer
 
     def json_schema(self, prompt: Prompt) -> dict[str, Any]:
         rules = rules_of(prompt)
@@ -46,11 +45,7 @@ class RewriteStage(LLMStage):
             "doctor": {"maxLength": rules.max_chars, "pattern": turn_pattern(cough=False)},
         })
 
-    def read(self, record: SourceDialogue, prompt: Prompt, response: LLMResponse) -> Reading:
-        try:
-            answer = RewriteAnswer.model_validate_json(response.text)
-        except ValidationError as exc:
-            return Invalid("unparseable", f"not a RewriteAnswer: {exc.errors()[0]['msg']}")
+    def read(self, record: SourceDialogue, prompt: Prompt, answer: RewriteAnswer, raw: str) -> Reading:
         problems = check_rewrite(answer, rules_of(prompt))
         if problems:
             return Invalid(problems[0].split(":", 1)[0], "; ".join(problems))
