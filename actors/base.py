@@ -62,6 +62,10 @@ class Stage(ABC, Generic[In, Out]):
     def setup(self) -> None:
         """Load engines and other expensive state; called once per actor."""
 
+    def close(self) -> None:
+        """Release what `setup` loaded (engine processes, GPU memory); called when the run
+        is over, before the actor is killed."""
+
     @abstractmethod
     def process(self, batch: list[In]) -> StageResult[Out]:
         """Turn a micro-batch into accepted rows and rejections.

@@ -60,6 +60,10 @@ class LLMStage(Stage[SourceDialogue, SourceDialogue]):
     def setup(self) -> None:
         self.engine = build_engine(self.params.engine)
 
+    def close(self) -> None:
+        if getattr(self, "engine", None) is not None:
+            self.engine.close()
+
     def prompt_for(self, record: SourceDialogue) -> Prompt | None:
         """The prompt that handles this record, or None to pass it through."""
         return load_prompt(self.family, record.treatment)

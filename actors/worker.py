@@ -115,6 +115,9 @@ class PartRunner:
     def ready(self) -> str:
         return f"{socket.gethostname()}:{os.getpid()}"
 
+    def close(self) -> None:
+        self.stage.close()
+
     def _input(self, shard: int, upstream_parts: int) -> pa.Table:
         # Consecutive parts of one shard read the same upstream output: keep the last few.
         with self._inputs_lock:

@@ -29,6 +29,9 @@ from storage.rundir import CommitRefused, RunDir
 log = logging.getLogger(__name__)
 
 
+CLOSE_TIMEOUT_S = 20  # for the engines of all actors to shut down at the end of a run
+
+
 class PipelineError(RuntimeError):
     """The run cannot go on; the message says why and what to do."""
 
@@ -260,9 +263,13 @@ class Scheduler:
                         self._finish_call(ref)
                 self._expire()
         finally:
-            for pool in self.pools:
-                for actor in pool.actors:
-                    ray.kill(actor, no_restart=True)
+            # Let engines shut their own processes down first: killing the actor alone can
+            # leave an engine's worker processes (and their GPU memory) behind.
+            actors = [actor for pool in self.pools for actor in pool.actors]
+            if actors:
+                ray.wait([a.close.remote() for a in actors], num_returns=len(actors), timeout=CLOSE_TIMEOUT_S)
+            for actor in actors:
+                ray.kill(actor, no_restart=True)
         return self.ingest_seals
 
 

@@ -3,8 +3,10 @@ the tiny model, and a fault-injecting proxy in front of it."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +31,11 @@ class Server:
     url: str  # the /v1 base URL
     process: subprocess.Popen
 
+    def kill(self) -> None:
+        """SIGKILL the server and its engine processes (its own process group), as a
+        crashed host would; killing the server process alone orphans its engine."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+
 
 @contextmanager
 def vllm_server(model: Path, log: Path) -> Iterator[Server]:
@@ -40,7 +47,7 @@ def vllm_server(model: Path, log: Path) -> Iterator[Server]:
            # Seeded requests crash vLLM's CPU runner after a chunked prefill (see vllm_engine.py).
            "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096"]
     with log.open("wb") as out:
-        server = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+        server = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy(), start_new_session=True)
         base = f"http://127.0.0.1:{port}/v1"
         try:
             deadline = time.monotonic() + 180
@@ -57,11 +64,14 @@ def vllm_server(model: Path, log: Path) -> Iterator[Server]:
                 time.sleep(0.5)
             yield Server(base, server)
         finally:
-            server.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGTERM)
             try:
                 server.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                server.kill()
+                pass
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGKILL)  # whatever of the group is left
 
 
 class FaultProxy:

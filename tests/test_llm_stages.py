@@ -183,7 +183,7 @@ def test_server_killed_mid_run_then_resume(tmp_path: Path, tiny_model: Path) -> 
         while not (rundir.exists() and rundir.commits("rewrite")) and time.monotonic() < deadline and not outcome:
             time.sleep(0.2)
         assert rundir.commits("rewrite") and not outcome, "the rewrite stage should be running"
-        first.process.kill()
+        first.kill()
         driver.join(timeout=300)
     assert outcome and isinstance(outcome[0], PipelineError), outcome
     assert "no answer after 2 retries" in str(outcome[0])
