@@ -86,3 +86,18 @@ def _join(a: np.ndarray, b: np.ndarray, fade: int) -> np.ndarray:
     ramp = np.linspace(0.0, 1.0, n, dtype=np.float32)
     mixed = a[-n:] * (1 - ramp) + b[:n] * ramp
     return np.concatenate([a[:-n], mixed, b[n:]])
+
+
+def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float, offset: int = 0) -> np.ndarray:
+    """Speech plus noise scaled to `snr_db` below it; the noise is read from `offset` on
+    and looped to the speech's length. Clipped to [-1, 1]."""
+    if not len(speech) or not len(noise):
+        return np.asarray(speech, dtype=np.float32)
+    reps = -(-(offset % len(noise) + len(speech)) // len(noise))
+    bed = np.tile(noise, reps)[offset % len(noise): offset % len(noise) + len(speech)]
+    speech_power = float(np.mean(np.square(speech, dtype=np.float64)))
+    noise_power = float(np.mean(np.square(bed, dtype=np.float64)))
+    if noise_power == 0:
+        return np.asarray(speech, dtype=np.float32)
+    gain = np.sqrt(speech_power / (noise_power * 10 ** (snr_db / 10)))
+    return np.clip(speech + gain * bed, -1.0, 1.0).astype(np.float32)

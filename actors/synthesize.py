@@ -9,6 +9,10 @@ is spliced in at each placeholder, matched in loudness, with short crossfades. W
 and where it lies are recorded. Audio is resampled to 16 kHz mono and stored as FLAC in
 the Hugging Face `Audio` layout.
 
+With `noise_dir` and `noise_snrs_db`, each turn also gets one noisy copy per SNR: a noise
+recording (drawn per turn, from a drawn offset, looped) mixed in at that SNR, recorded
+with its clip and offset, for robustness sets.
+
 Every turn passes the audio checks of `actors.audio_qc` (pace, clipping, edge silence) or
 is synthesised again with a new seed, up to `qc.max_attempts`; the scores and the number
 of attempts are kept with the turn.
@@ -23,14 +27,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from actors.audio import RATE, decode, flac_bytes, splice, to_mono_16k
+from actors.audio import RATE, decode, flac_bytes, mix_at_snr, splice, to_mono_16k
 from actors.audio_qc import QCParams, qc_problems, qc_scores
 from actors.base import Stage, StageParams, StageResult
 from actors.engines.tts import TTSConfig, TTSEngine, build_tts
 from actors.rewrite_rules import COUGH
-from schemas import AudioData, CoughSplice, SourceDialogue, SynthesizedTurn, VoiceChoice
+from schemas import AudioData, CoughSplice, NoisyCopy, SourceDialogue, SynthesizedTurn, VoiceChoice
 from storage.fs import list_files, read_bytes, resolve
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
@@ -45,6 +49,14 @@ class SynthesizeParams(StageParams):
     cough_dir: str | None = Field(None, description="folder of cough recordings (SoundDr / CoughVid clips)")
     crossfade_s: float = Field(0.01, ge=0, le=0.2)
     qc: QCParams = QCParams()
+    noise_dir: str | None = Field(None, description="folder of noise recordings (MS-SNSD layout: noise_*/*.wav)")
+    noise_snrs_db: list[float] = Field([], description="one noisy copy of every turn per SNR (needs noise_dir)")
+
+    @model_validator(mode="after")
+    def _noise_needs_a_folder(self) -> "SynthesizeParams":
+        if self.noise_snrs_db and not self.noise_dir:
+            raise ValueError("noise_snrs_db needs noise_dir, the folder of noise recordings")
+        return self
 
 
 class SynthesizeStage(Stage[SourceDialogue, SynthesizedTurn]):
@@ -58,20 +70,16 @@ class SynthesizeStage(Stage[SourceDialogue, SynthesizedTurn]):
 
     def setup(self) -> None:
         self.engine = build_tts(self.params.engine)
-        self.coughs: list[tuple[str, np.ndarray]] = []
-        if self.params.cough_dir:
-            loc = resolve(self.params.cough_dir)
-            for path in sorted(p for p in list_files(loc, loc.root) if p.lower().endswith(AUDIO_SUFFIXES)):
-                samples, rate = decode(read_bytes(loc, path))
-                self.coughs.append((loc.rel(path), to_mono_16k(samples, rate)))
-            if not self.coughs:
-                raise ValueError(f"cough_dir {self.params.cough_dir}: no {'/'.join(AUDIO_SUFFIXES)} files")
+        self.coughs = load_clips(self.params.cough_dir, "cough_dir") if self.params.cough_dir else []
+        self.noises = load_clips(self.params.noise_dir, "noise_dir") if self.params.noise_dir else []
 
     def fingerprint_extra(self) -> dict[str, Any]:
-        if not self.params.cough_dir:
-            return {}
-        loc = resolve(self.params.cough_dir)
-        return {"coughs": sorted((loc.rel(p), size) for p, size in list_files(loc, loc.root).items())}
+        extra = {}
+        for name, folder in (("coughs", self.params.cough_dir), ("noises", self.params.noise_dir)):
+            if folder:
+                loc = resolve(folder)
+                extra[name] = sorted((loc.rel(p), size) for p, size in list_files(loc, loc.root).items())
+        return extra
 
     def _speak(self, text: str, voice: VoiceChoice, seed: int) -> np.ndarray:
         if not text.strip():
@@ -86,8 +94,10 @@ class SynthesizeStage(Stage[SourceDialogue, SynthesizedTurn]):
         if len(pieces) > 1 and not self.coughs:
             raise _Unspeakable("no_cough_clips", f"turn {index} has {len(pieces) - 1} {COUGH} but no cough_dir is "
                                "configured; set params.cough_dir to a folder of cough recordings")
-        # Drawn before any attempt, so retries and resumes keep the same cough clips.
+        # Drawn before any attempt, so retries and resumes keep the same clips and offsets.
         chosen = [self.coughs[int(rng.integers(len(self.coughs)))] for _ in pieces[1:]]
+        beds = [(snr, self.noises[int(rng.integers(len(self.noises)))], float(rng.random()))
+                for snr in self.params.noise_snrs_db]
         qc = self.params.qc
         for attempt in range(qc.max_attempts):
             seed = (voice.seed + 1_000_003 * index + attempt) % 2**31
@@ -102,11 +112,17 @@ class SynthesizeStage(Stage[SourceDialogue, SynthesizedTurn]):
                                f"{'; '.join(problems)}; scores {scores.model_dump_json()}")
         coughs = [CoughSplice(clip_id=clip_id, offset_s=round(s.offset_s, 4), duration_s=round(s.duration_s, 4))
                   for (clip_id, _), s in zip(chosen, spans, strict=True)]
+        noisy = []
+        for snr, (noise_id, noise), where in beds:
+            offset = int(where * len(noise))
+            noisy.append(NoisyCopy(snr_db=snr, noise_clip_id=noise_id, noise_offset_s=round(offset / RATE, 4),
+                                   audio=AudioData(bytes=flac_bytes(mix_at_snr(audio, noise, snr, offset)),
+                                                   path=f"{dialogue.id}-{index}-snr{snr:g}.flac")))
         return SynthesizedTurn(
             id=f"{dialogue.id}-{index}", dialogue_id=dialogue.id, turn_index=index, role=turn.role, text=text,
             audio=AudioData(bytes=flac_bytes(audio), path=f"{dialogue.id}-{index}.flac"), sample_rate=RATE,
             duration_s=round(len(audio) / RATE, 4), engine=self.params.engine.kind, voice=voice, coughs=coughs,
-            qc=scores, attempts=attempt + 1)
+            qc=scores, attempts=attempt + 1, noisy=noisy)
 
     def process(self, batch: list[SourceDialogue]) -> StageResult[SynthesizedTurn]:
         result: StageResult[SynthesizedTurn] = StageResult()
@@ -123,6 +139,18 @@ class SynthesizeStage(Stage[SourceDialogue, SynthesizedTurn]):
                 continue
             result.accepted.extend(turns)
         return result
+
+
+def load_clips(folder: str, what: str) -> list[tuple[str, np.ndarray]]:
+    """Every audio file under `folder` (sorted by path), as (path relative to it, 16 kHz mono)."""
+    loc = resolve(folder)
+    clips = []
+    for path in sorted(p for p in list_files(loc, loc.root) if p.lower().endswith(AUDIO_SUFFIXES)):
+        samples, rate = decode(read_bytes(loc, path))
+        clips.append((loc.rel(path), to_mono_16k(samples, rate)))
+    if not clips:
+        raise ValueError(f"{what} {folder}: no {'/'.join(AUDIO_SUFFIXES)} files")
+    return clips
 
 
 class _Unspeakable(Exception):

@@ -7,6 +7,7 @@ from schemas.records import (
     AudioData,
     CoughSplice,
     Gender,
+    NoisyCopy,
     QCScores,
     Record,
     Rejection,
@@ -21,7 +22,7 @@ from schemas.records import (
 )
 
 __all__ = [
-    "AgeGroup", "AudioData", "CoughSplice", "Gender", "QCScores", "Record", "Rejection", "Role", "SourceDialogue",
+    "AgeGroup", "AudioData", "CoughSplice", "Gender", "NoisyCopy", "QCScores", "Record", "Rejection", "Role", "SourceDialogue",
     "SynthesizedTurn", "Treatment", "Turn", "VoiceChoice", "VoiceReference", "age_group_of", "arrow_schema",
     "arrow_type", "content_key", "from_table",
     "record_id", "rng_for", "seed_for", "shard_of", "to_table",

@@ -125,6 +125,15 @@ class CoughSplice(Record):
     duration_s: float
 
 
+class NoisyCopy(Record):
+    """The turn's audio with a noise recording mixed in, for robustness sets."""
+
+    snr_db: float
+    noise_clip_id: str
+    noise_offset_s: float
+    audio: AudioData
+
+
 class QCScores(Record):
     """Audio quality scores of one synthesised turn (actors.audio_qc)."""
 
@@ -152,6 +161,7 @@ class SynthesizedTurn(Record):
     coughs: list[CoughSplice] = []
     qc: QCScores
     attempts: int = Field(1, description="syntheses it took to pass the audio checks")
+    noisy: list[NoisyCopy] = Field([], description="noisy copies, one per configured SNR")
 
 
 class Rejection(Record):

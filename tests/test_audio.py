@@ -77,3 +77,16 @@ def test_qc_scores_and_problems() -> None:
     # A spliced cough is not speech time: 2.3 s of audio of which 1.5 s cough → 0.8 s for 11 characters.
     assert qc_scores(speech, RATE, "我<cough>头疼了三天，晚上睡不好。", inserted_s=1.5).s_per_char == pytest.approx(0.8 / 11, abs=1e-3)
     assert qc_problems(qc_scores(np.zeros(0, np.float32), RATE, "好"), params) == ["empty: no samples"]
+
+
+@pytest.mark.parametrize("snr", [0.0, 10.0, 20.0])
+def test_noise_is_mixed_at_the_asked_snr(snr: float) -> None:
+    from actors.audio import mix_at_snr
+
+    speech = sine(300, 1.0, RATE, 0.2)
+    noise = np.random.default_rng(1).standard_normal(RATE // 3).astype(np.float32) * 0.05  # shorter: looped
+    mixed = mix_at_snr(speech, noise, snr, offset=1234)
+    added = mixed - speech
+    measured = 10 * np.log10(np.mean(speech.astype(np.float64) ** 2) / np.mean(added.astype(np.float64) ** 2))
+    assert len(mixed) == len(speech) and abs(measured - snr) < 0.2
+    assert np.array_equal(mix_at_snr(speech, np.zeros(100, np.float32), snr), speech)

@@ -120,3 +120,23 @@ def test_audio_checks_retry_then_reject_with_scores() -> None:
     assert rejection.reason == "synthesize.qc_failed" and "2 times" in rejection.detail and '"s_per_char"' in rejection.detail
     ok = stage().process([dialogue(8, "我头疼了三天。")]).accepted[0]
     assert ok.attempts == 1 and ok.qc.spoken_chars == 6 and 0.08 <= ok.qc.s_per_char <= 0.8
+
+
+def test_noisy_copies_per_snr(tmp_path: Path) -> None:
+    noise_dir = tmp_path / "MS-SNSD" / "noise_test"
+    noise_dir.mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    for name in ("Babble_1.wav", "AirConditioner_2.wav"):
+        soundfile.write(noise_dir / name, 0.1 * rng.standard_normal(16_000), 16_000)
+    s = stage(noise_dir=str(tmp_path / "MS-SNSD"), noise_snrs_db=[5, 15])
+    (turn,) = s.process([dialogue(9, "我最近总是头疼。")]).accepted
+    clean, _ = decode(turn.audio.bytes)
+    assert [c.snr_db for c in turn.noisy] == [5, 15]
+    for copy in turn.noisy:
+        assert copy.noise_clip_id in {"noise_test/Babble_1.wav", "noise_test/AirConditioner_2.wav"}
+        noisy, rate = decode(copy.audio.bytes)
+        added = noisy[: len(clean)] - clean
+        measured = 10 * np.log10(np.mean(clean.astype(np.float64) ** 2) / np.mean(added.astype(np.float64) ** 2))
+        assert rate == 16_000 and len(noisy) == len(clean) and abs(measured - copy.snr_db) < 0.5
+    with pytest.raises(ValueError, match="noise_snrs_db needs noise_dir"):
+        build_stage("synthesize", "speak", {"noise_snrs_db": [5]}, 1)
