@@ -1,7 +1,9 @@
 """Synthesize stage: every patient turn of a dialogue spoken in its matched voice.
 
 A fan-out stage: one dialogue in, one `SynthesizedTurn` per spoken turn out (parent id
-`dialogue_id`). Patient turns use the dialogue's `VoiceChoice`; doctor turns, when
+`dialogue_id`). Patient turns use the dialogue's `VoiceChoice`, spoken by `engine` for a
+matched reference clip (CosyVoice2 on GPU) or by `random_timbre_engine` when no attribute
+was known (FishSpeech on GPU); on a CPU espeak serves both. Doctor turns, when
 `doctor_turns` is on, one fixed assistant voice. The text spoken is the turn's
 `speech_text` (the normalize stage's); a `<cough>` in it splits the turn: the pieces are
 synthesised, and a cough recording from `cough_dir`, drawn from the dialogue's generator,
@@ -44,7 +46,8 @@ ASSISTANT_VOICE = VoiceChoice(engine="random_timbre", match="none", seed=20_250_
 
 
 class SynthesizeParams(StageParams):
-    engine: TTSConfig = TTSConfig()
+    engine: TTSConfig = Field(TTSConfig(), description="speaks zero-shot voices (a matched reference clip)")
+    random_timbre_engine: TTSConfig | None = Field(None, description="speaks random-timbre voices; default: `engine`")
     doctor_turns: bool = Field(False, description="also speak doctor turns, in one fixed assistant voice")
     cough_dir: str | None = Field(None, description="folder of cough recordings (SoundDr / CoughVid clips)")
     crossfade_s: float = Field(0.01, ge=0, le=0.2)
@@ -66,10 +69,13 @@ class SynthesizeStage(Stage[SourceDialogue, SynthesizedTurn]):
     parent_id_field = "dialogue_id"
     Params = SynthesizeParams
     params: SynthesizeParams
-    engine: TTSEngine
+    engines: dict[str, tuple[str, TTSEngine]]
 
     def setup(self) -> None:
-        self.engine = build_tts(self.params.engine)
+        zero_shot = (self.params.engine.kind, build_tts(self.params.engine))
+        random = self.params.random_timbre_engine
+        self.engines = {"zero_shot": zero_shot,
+                        "random_timbre": (random.kind, build_tts(random)) if random else zero_shot}
         self.coughs = load_clips(self.params.cough_dir, "cough_dir") if self.params.cough_dir else []
         self.noises = load_clips(self.params.noise_dir, "noise_dir") if self.params.noise_dir else []
 
@@ -81,10 +87,15 @@ class SynthesizeStage(Stage[SourceDialogue, SynthesizedTurn]):
                 extra[name] = sorted((loc.rel(p), size) for p, size in list_files(loc, loc.root).items())
         return extra
 
+    def close(self) -> None:
+        # The two roles may share one engine: close each once.
+        for engine in {id(e): e for _, e in self.engines.values()}.values():
+            engine.close()
+
     def _speak(self, text: str, voice: VoiceChoice, seed: int) -> np.ndarray:
         if not text.strip():
             return np.zeros(0, dtype=np.float32)
-        samples, rate = self.engine.synthesize(text, voice, seed)
+        samples, rate = self.engines[voice.engine][1].synthesize(text, voice, seed)
         return to_mono_16k(samples, rate)
 
     def _turn(self, dialogue: SourceDialogue, index: int, voice: VoiceChoice, rng: np.random.Generator) -> SynthesizedTurn:
@@ -121,7 +132,7 @@ class SynthesizeStage(Stage[SourceDialogue, SynthesizedTurn]):
         return SynthesizedTurn(
             id=f"{dialogue.id}-{index}", dialogue_id=dialogue.id, turn_index=index, role=turn.role, text=text,
             audio=AudioData(bytes=flac_bytes(audio), path=f"{dialogue.id}-{index}.flac"), sample_rate=RATE,
-            duration_s=round(len(audio) / RATE, 4), engine=self.params.engine.kind, voice=voice, coughs=coughs,
+            duration_s=round(len(audio) / RATE, 4), engine=self.engines[voice.engine][0], voice=voice, coughs=coughs,
             qc=scores, attempts=attempt + 1, noisy=noisy)
 
     def process(self, batch: list[SourceDialogue]) -> StageResult[SynthesizedTurn]:

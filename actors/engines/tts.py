@@ -22,8 +22,15 @@ from schemas import VoiceChoice
 class TTSConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["espeak"] = "espeak"
+    kind: Literal["espeak", "cosyvoice2"] = "espeak"
     rate_wpm: int = Field(160, ge=80, le=450, description="espeak: speaking rate, words per minute")
+    # cosyvoice2: a checkpoint folder (CosyVoice2-0.5B) and, unless the package is installed,
+    # the repository checkout to import it from (pin a commit after 622a3a1: prompt_wav is a path).
+    model_dir: str | None = None
+    repo_path: str | None = None
+    fp16: bool = False
+    load_jit: bool = False
+    load_trt: bool = False
 
 
 class TTSEngine(ABC):
@@ -31,10 +38,17 @@ class TTSEngine(ABC):
     def synthesize(self, text: str, voice: VoiceChoice, seed: int) -> tuple[np.ndarray, int]:
         """One utterance of `text` in `voice`: (mono float32 samples in [-1, 1], sample rate)."""
 
+    def close(self) -> None:
+        """Release what the engine holds."""
+
 
 def build_tts(config: TTSConfig) -> TTSEngine:
     if config.kind == "espeak":
         from actors.engines.espeak_engine import EspeakEngine
 
         return EspeakEngine(config)
+    if config.kind == "cosyvoice2":
+        from actors.engines.cosyvoice_engine import CosyVoice2Engine
+
+        return CosyVoice2Engine(config)
     raise ValueError(f"unknown TTS engine kind {config.kind!r}")
