@@ -59,6 +59,12 @@ class Stage(ABC, Generic[In, Out]):
         self.params = params
         self.run_seed = run_seed
 
+    @classmethod
+    def gpus_per_actor(cls, params: StageParams) -> float:
+        """The GPUs one actor must hold for these parameters; the config check compares it
+        with `resources.num_gpus`."""
+        return 0.0
+
     def setup(self) -> None:
         """Load engines and other expensive state; called once per actor."""
 

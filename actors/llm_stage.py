@@ -57,6 +57,13 @@ class LLMStage(Stage[SourceDialogue, SourceDialogue]):
     params: LLMParams
     engine: LLMEngine
 
+    @classmethod
+    def gpus_per_actor(cls, params: StageParams) -> float:
+        # A tensor-parallel vLLM engine runs its shards as processes of the actor, so the
+        # actor holds all their GPUs (one resource request: Ray keeps it on one node).
+        engine = params.engine  # type: ignore[attr-defined]
+        return float(engine.tensor_parallel_size) if engine.kind == "vllm" and engine.tensor_parallel_size > 1 else 0.0
+
     def setup(self) -> None:
         self.engine = build_engine(self.params.engine)
 

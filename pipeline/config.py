@@ -122,13 +122,13 @@ class StageConfig(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _gpus_for_tensor_parallel(self) -> "StageConfig":
-        # A tensor-parallel vLLM engine runs its shards as processes of its actor, so the
-        # actor holds all their GPUs (one resource request: Ray keeps it on one node).
-        tp = (self.params.get("engine") or {}).get("tensor_parallel_size", 1)
-        if isinstance(tp, int) and tp > 1 and self.resources.num_gpus < tp:
-            raise ValueError(f"resources.num_gpus: the engine's tensor_parallel_size is {tp}, so each actor needs "
-                             f"num_gpus: {tp} (got {self.resources.num_gpus:g})")
+    def _enough_gpus(self) -> "StageConfig":
+        # Runs only once the params are valid (pydantic skips it after a field error).
+        cls = stage_class(self.kind)
+        needed = cls.gpus_per_actor(cls.Params.model_validate(self.params))
+        if self.resources.num_gpus < needed:
+            raise ValueError(f"resources.num_gpus: each {self.kind} actor needs num_gpus: {needed:g} for its engine "
+                             f"(tensor_parallel_size), got {self.resources.num_gpus:g}")
         return self
 
 

@@ -9,10 +9,12 @@ The pool is built once and named by runs' configs; a local path or any pyarrow.f
 
 from __future__ import annotations
 
+import io
 import time
 from collections import Counter
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from actors.voices.aishell import Corpus
 from actors.voices.pool import pool_entries
@@ -64,10 +66,6 @@ def read_pool_info(pool: str) -> PoolInfo:
 
 def read_voices(pool: str) -> pa.Table:
     """The pool's clips as an Arrow table (checked against pool.json)."""
-    import io
-
-    import pyarrow.parquet as pq
-
     info = read_pool_info(pool)
     loc = resolve(pool)
     data = read_bytes(loc, loc.path(VOICES))

@@ -45,3 +45,15 @@ def test_shipped_config_is_valid(path: Path) -> None:
         assert stage.resources.num_gpus == engine.get("tensor_parallel_size", 1), stage.name
     assert models <= {"Qwen2.5-14B-Instruct", "Qwen2.5-32B-Instruct", "Qwen2.5-72B-Instruct"} and models
     assert [e.name for e in config.exports] == ["TextMedDataset"]
+
+
+def test_tensor_parallel_engine_needs_its_gpus() -> None:
+    from pipeline.config import ConfigError
+
+    raw = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text(encoding="utf-8"))
+    for source in raw["sources"]:
+        source["path"] = str(FIXTURE_FOR_FORMAT[source["format"]])
+    rewrite = next(s for s in raw["stages"] if s["kind"] == "rewrite")
+    rewrite["resources"]["num_gpus"] = 2  # its engine has tensor_parallel_size 4
+    with pytest.raises(ConfigError, match=r"stages\[2\]: resources.num_gpus: each rewrite actor needs num_gpus: 4"):
+        parse_config(raw, base_dir=None, origin="paper.yaml")

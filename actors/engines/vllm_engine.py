@@ -71,14 +71,12 @@ def check_checkpoint(model: str) -> None:
 
 class VLLMEngine(LLMEngine):
     def __init__(self, config: EngineConfig):
-        from transformers import AutoTokenizer
-
         check_checkpoint(config.model)
         self.config = config
-        self.tokenizer = AutoTokenizer.from_pretrained(config.model)
         self._ids = itertools.count()
         self._loop = BackgroundLoop("vllm-engine-loop")
         self.engine = self._loop.run(self._start())
+        self.tokenizer = self.engine.get_tokenizer()  # the engine's own, not a second load
 
     async def _start(self) -> Any:
         # Built on the engine's loop: its output handler lives there.
