@@ -5,15 +5,26 @@ babbling or long pauses), the share of clipped samples, and the silence before t
 and after the last sound. `qc_problems` names every bound a turn breaks; the synthesize
 stage re-synthesises such a turn with a new seed and rejects the dialogue with the
 scores when no attempt passes.
+
+Optionally (`QCParams.asr`, a GPU ASR model) the round trip: the turn's audio is
+transcribed and its character error rate (`cer`) against the text must stay within
+`max_cer`, which catches what the signal checks cannot (skipped, repeated or garbled words).
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import unicodedata
 
 import numpy as np
+import opencc
 from pydantic import BaseModel, ConfigDict, Field
+from rapidfuzz.distance import Levenshtein
 
+from actors.engines.asr import ASRConfig
+from actors.rewrite_rules import COUGH
+from actors.speech_text import normalize_for_speech
 from schemas import QCScores
 
 # What is not spoken: punctuation, symbols, spaces, the cough placeholder.
@@ -29,6 +40,8 @@ class QCParams(BaseModel):
     max_edge_silence_s: float = Field(1.5, gt=0, description="silence before the first / after the last sound")
     silence_db: float = Field(-45, lt=0, description="frames quieter than this (dBFS) are silence")
     max_attempts: int = Field(3, ge=1, description="syntheses tried per turn before the dialogue is rejected")
+    asr: ASRConfig | None = Field(None, description="ASR round trip (SenseVoice or Whisper); None: no CER check")
+    max_cer: float = Field(0.15, ge=0, le=1, description="highest character error rate of the ASR round trip")
 
 
 def spoken_chars(text: str) -> int:
@@ -54,7 +67,7 @@ def qc_scores(samples: np.ndarray, rate: int, text: str, *, inserted_s: float = 
     return QCScores(duration_s=round(duration, 4), spoken_chars=chars,
                     s_per_char=round((duration - inserted_s) / chars, 4) if chars else None,
                     clipped=round(float(np.mean(np.abs(samples) >= 0.999)) if len(samples) else 0.0, 6),
-                    leading_silence_s=round(leading, 3), trailing_silence_s=round(trailing, 3))
+                    leading_silence_s=round(leading, 4), trailing_silence_s=round(trailing, 4))
 
 
 def qc_problems(scores: QCScores, params: QCParams) -> list[str]:
@@ -62,6 +75,8 @@ def qc_problems(scores: QCScores, params: QCParams) -> list[str]:
     problems = []
     if scores.duration_s == 0:
         return ["empty: no samples"]
+    if scores.leading_silence_s >= scores.duration_s:
+        return [f"silent: no frame above {params.silence_db} dBFS in {scores.duration_s:.2f} s"]
     if scores.s_per_char is not None and not params.min_s_per_char <= scores.s_per_char <= params.max_s_per_char:
         problems.append(f"pace: {scores.s_per_char:.3f} s per character, allowed "
                         f"{params.min_s_per_char}-{params.max_s_per_char}")
@@ -70,4 +85,41 @@ def qc_problems(scores: QCScores, params: QCParams) -> list[str]:
     for edge, seconds in (("leading", scores.leading_silence_s), ("trailing", scores.trailing_silence_s)):
         if seconds > params.max_edge_silence_s:
             problems.append(f"silence: {seconds:.2f} s {edge}, max {params.max_edge_silence_s}")
+    if scores.cer is not None and scores.cer > params.max_cer:
+        problems.append(f"asr: CER {scores.cer:.3f}, max {params.max_cer} (heard {scores.asr_text!r})")
     return problems
+
+
+def with_asr(scores: QCScores, text: str, heard: str) -> QCScores:
+    """`scores` with the ASR round trip of the turn: what was heard and its CER against `text`."""
+    return scores.model_copy(update={"cer": round(cer(text, heard), 4), "asr_text": heard})
+
+
+@functools.cache
+def _to_simplified() -> opencc.OpenCC:
+    return opencc.OpenCC("t2s")
+
+
+def comparable(text: str) -> str:
+    """The characters of `text` that a CER compares, in one canonical form.
+
+    Both sides go through the same steps, so that only what was said differently counts:
+    the cough placeholder out; NFKC (full-width letters and digits to half-width);
+    Traditional to Simplified (Whisper writes either); the speech-text normaliser of the
+    TTS input (ASR writes "38.5度" or "3天" where the spoken text has 三十八点五度, 三天);
+    lowercase; punctuation, symbols and spaces out (ASR punctuates as it likes).
+    """
+    text = unicodedata.normalize("NFKC", text.replace(COUGH, " "))
+    text = normalize_for_speech(_to_simplified().convert(text))
+    return _NOT_SPOKEN.sub("", text.lower())
+
+
+def cer(reference: str, hypothesis: str) -> float:
+    """Character error rate: edits (substitutions, insertions, deletions) to turn the
+    hypothesis into the reference, over the reference's length, both `comparable`. May
+    exceed 1 (insertions). A reference with nothing to say scores 0 when nothing was
+    heard and 1 when anything was (the rate itself is undefined there)."""
+    ref, hyp = comparable(reference), comparable(hypothesis)
+    if not ref:
+        return 0.0 if not hyp else 1.0
+    return Levenshtein.distance(ref, hyp) / len(ref)

@@ -4,7 +4,10 @@ A fan-out stage: one dialogue in, one `SynthesizedTurn` per spoken turn out (par
 `dialogue_id`). Patient turns use the dialogue's `VoiceChoice`, spoken by `engine` for a
 matched reference clip (CosyVoice2 on GPU) or by `random_timbre_engine` when no attribute
 was known (FishSpeech on GPU); on a CPU espeak serves both. Doctor turns, when
-`doctor_turns` is on, one fixed assistant voice. The text spoken is the turn's
+`doctor_turns` is on, one fixed assistant voice. Each voice of a dialogue has a
+`DialogueVoice` for the dialogue's duration: a random-timbre engine fixes the timbre on the
+first turn it speaks and prompts every later turn with it; the attempt at a turn that
+passes the checks is the one whose timbre is kept. The text spoken is the turn's
 `speech_text` (the normalize stage's); a `<cough>` in it splits the turn: the pieces are
 synthesised, and a cough recording from `cough_dir`, drawn from the dialogue's generator,
 is spliced in at each placeholder, matched in loudness, with short crossfades. Which clip
@@ -15,9 +18,14 @@ With `noise_dir` and `noise_snrs_db`, each turn also gets one noisy copy per SNR
 recording (drawn per turn, from a drawn offset, looped) mixed in at that SNR, recorded
 with its clip and offset, for robustness sets.
 
-Every turn passes the audio checks of `actors.audio_qc` (pace, clipping, edge silence) or
-is synthesised again with a new seed, up to `qc.max_attempts`; the scores and the number
+Every turn passes the audio checks of `actors.audio_qc` (pace, clipping, edge silence and,
+with `qc.asr`, an ASR round trip whose CER is at most `qc.max_cer`) or is synthesised
+again with a new seed, up to `qc.max_attempts`; the scores and the number
 of attempts are kept with the turn.
+
+With `doctor_units`, every doctor turn also keeps the CosyVoice2 speech tokens of its
+audio (25 Hz, 6,561 values): the speech-response targets of training Stage II-b. They are
+taken from the audio that was kept, not sampled separately, so units and audio agree.
 
 A dialogue whose audio cannot be made (a cough placeholder with no cough clips configured,
 an engine error on its text) is rejected whole with the reason, so a dialogue is never
@@ -29,26 +37,38 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from actors.audio import RATE, decode, flac_bytes, mix_at_snr, splice, to_mono_16k
-from actors.audio_qc import QCParams, qc_problems, qc_scores
+from actors.audio_qc import QCParams, qc_problems, qc_scores, with_asr
 from actors.base import Stage, StageParams, StageResult
-from actors.engines.tts import TTSConfig, TTSEngine, build_tts
+from actors.engines.asr import build_asr
+from actors.engines.tts import DialogueVoice, TTSConfig, TTSEngine, build_tts
 from actors.rewrite_rules import COUGH
 from schemas import AudioData, CoughSplice, NoisyCopy, SourceDialogue, SynthesizedTurn, VoiceChoice
 from storage.fs import list_files, read_bytes, resolve
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
-# The doctor is a medical assistant with one voice across the dataset.
+# The doctor is a medical assistant: by default a random timbre fixed by this seed.
 ASSISTANT_VOICE = VoiceChoice(engine="random_timbre", match="none", seed=20_250_301, speaker_gender="female",
                               speaker_age_group="adult")
+
+
+class ReferenceClip(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str = Field(description="a clean recording of at most 30 s (local or object-store URI)")
+    transcript: str = Field(min_length=1, description="what is said in it")
 
 
 class SynthesizeParams(StageParams):
     engine: TTSConfig = Field(TTSConfig(), description="speaks zero-shot voices (a matched reference clip)")
     random_timbre_engine: TTSConfig | None = Field(None, description="speaks random-timbre voices; default: `engine`")
     doctor_turns: bool = Field(False, description="also speak doctor turns, in one fixed assistant voice")
+    doctor_voice: ReferenceClip | None = Field(None, description="the assistant voice, spoken zero-shot by `engine` "
+                                               "from this clip; default: a fixed random timbre")
+    doctor_units: bool = Field(False, description="keep the CosyVoice2 speech tokens of every doctor turn's audio "
+                               "(Stage II-b targets); needs doctor_turns and cosyvoice2 as `engine`")
     cough_dir: str | None = Field(None, description="folder of cough recordings (SoundDr / CoughVid clips)")
     crossfade_s: float = Field(0.01, ge=0, le=0.2)
     qc: QCParams = QCParams()
@@ -56,10 +76,20 @@ class SynthesizeParams(StageParams):
     noise_snrs_db: list[float] = Field([], description="one noisy copy of every turn per SNR (needs noise_dir)")
 
     @model_validator(mode="after")
-    def _noise_needs_a_folder(self) -> "SynthesizeParams":
+    def _consistent(self) -> "SynthesizeParams":
         if self.noise_snrs_db and not self.noise_dir:
             raise ValueError("noise_snrs_db needs noise_dir, the folder of noise recordings")
+        if self.doctor_units and not (self.doctor_turns and self.engine.kind == "cosyvoice2"):
+            raise ValueError("doctor_units needs doctor_turns: true and engine.kind: cosyvoice2 (its speech tokenizer "
+                             "makes the units)")
         return self
+
+    def assistant_voice(self) -> VoiceChoice:
+        if self.doctor_voice is None:
+            return ASSISTANT_VOICE
+        return ASSISTANT_VOICE.model_copy(update={
+            "engine": "zero_shot", "clip_id": "doctor_voice", "clip_path": self.doctor_voice.path,
+            "clip_transcript": self.doctor_voice.transcript})
 
 
 class SynthesizeStage(Stage[SourceDialogue, SynthesizedTurn]):
@@ -78,6 +108,7 @@ class SynthesizeStage(Stage[SourceDialogue, SynthesizedTurn]):
                         "random_timbre": (random.kind, build_tts(random)) if random else zero_shot}
         self.coughs = load_clips(self.params.cough_dir, "cough_dir") if self.params.cough_dir else []
         self.noises = load_clips(self.params.noise_dir, "noise_dir") if self.params.noise_dir else []
+        self.asr = build_asr(self.params.qc.asr) if self.params.qc.asr else None
 
     def fingerprint_extra(self) -> dict[str, Any]:
         extra = {}
@@ -88,17 +119,23 @@ class SynthesizeStage(Stage[SourceDialogue, SynthesizedTurn]):
         return extra
 
     def close(self) -> None:
-        # The two roles may share one engine: close each once.
-        for engine in {id(e): e for _, e in self.engines.values()}.values():
+        for engine in self._distinct_engines():
             engine.close()
+        if self.asr is not None:
+            self.asr.close()
 
-    def _speak(self, text: str, voice: VoiceChoice, seed: int) -> np.ndarray:
+    def _distinct_engines(self) -> list[TTSEngine]:
+        # The two roles may share one engine.
+        return list({id(e): e for _, e in self.engines.values()}.values())
+
+    def _speak(self, text: str, voice: VoiceChoice, seed: int, dialogue_voice: DialogueVoice) -> np.ndarray:
         if not text.strip():
             return np.zeros(0, dtype=np.float32)
-        samples, rate = self.engines[voice.engine][1].synthesize(text, voice, seed)
+        samples, rate = self.engines[voice.engine][1].synthesize(text, voice, seed, dialogue_voice)
         return to_mono_16k(samples, rate)
 
-    def _turn(self, dialogue: SourceDialogue, index: int, voice: VoiceChoice, rng: np.random.Generator) -> SynthesizedTurn:
+    def _turn(self, dialogue: SourceDialogue, index: int, voice: VoiceChoice, rng: np.random.Generator,
+              dialogue_voice: DialogueVoice) -> SynthesizedTurn:
         turn = dialogue.turns[index]
         text = turn.speech_text if turn.speech_text is not None else turn.text
         pieces = text.split(COUGH)
@@ -112,15 +149,23 @@ class SynthesizeStage(Stage[SourceDialogue, SynthesizedTurn]):
         qc = self.params.qc
         for attempt in range(qc.max_attempts):
             seed = (voice.seed + 1_000_003 * index + attempt) % 2**31
-            audio, spans = splice([self._speak(p, voice, seed) for p in pieces], [c for _, c in chosen],
+            dialogue_voice.begin_attempt()
+            audio, spans = splice([self._speak(p, voice, seed, dialogue_voice) for p in pieces], [c for _, c in chosen],
                                   self.params.crossfade_s)
             scores = qc_scores(audio, RATE, text, inserted_s=sum(s.duration_s for s in spans), silence_db=qc.silence_db)
             problems = qc_problems(scores, qc)
+            if not problems and self.asr is not None and scores.spoken_chars:
+                # The spliced audio, coughs included, is what users get; `cer` drops the
+                # placeholders from the text. Only audio that passed the cheap checks is heard.
+                (heard,) = self.asr.transcribe([audio])
+                scores = with_asr(scores, text, heard)
+                problems = qc_problems(scores, qc)
             if not problems:
                 break
         else:
             raise _Unspeakable("qc_failed", f"turn {index} failed the audio checks {qc.max_attempts} times; last: "
                                f"{'; '.join(problems)}; scores {scores.model_dump_json()}")
+        dialogue_voice.keep_attempt()  # this turn is kept: a timbre it fixed holds for the dialogue
         coughs = [CoughSplice(clip_id=clip_id, offset_s=round(s.offset_s, 4), duration_s=round(s.duration_s, 4))
                   for (clip_id, _), s in zip(chosen, spans, strict=True)]
         noisy = []
@@ -133,7 +178,12 @@ class SynthesizeStage(Stage[SourceDialogue, SynthesizedTurn]):
             id=f"{dialogue.id}-{index}", dialogue_id=dialogue.id, turn_index=index, role=turn.role, text=text,
             audio=AudioData(bytes=flac_bytes(audio), path=f"{dialogue.id}-{index}.flac"), sample_rate=RATE,
             duration_s=round(len(audio) / RATE, 4), engine=self.engines[voice.engine][0], voice=voice, coughs=coughs,
-            qc=scores, attempts=attempt + 1, noisy=noisy)
+            qc=scores, attempts=attempt + 1, noisy=noisy, units=self._units(turn.role, audio))
+
+    def _units(self, role: str, audio: np.ndarray) -> list[int] | None:
+        if not (self.params.doctor_units and role == "doctor"):
+            return None
+        return self.engines["zero_shot"][1].speech_units(audio)
 
     def process(self, batch: list[SourceDialogue]) -> StageResult[SynthesizedTurn]:
         result: StageResult[SynthesizedTurn] = StageResult()
@@ -142,9 +192,17 @@ class SynthesizeStage(Stage[SourceDialogue, SynthesizedTurn]):
                 result.rejected.append(self.reject(dialogue, "no_voice", "the dialogue has no voice; run voice_match first"))
                 continue
             rng = self.rng(dialogue.id)
+            # One per voice speaking in this dialogue (the patient's, the assistant's); a
+            # dialogue is spoken whole in this call, so a timbre fixed in it never leaks out.
+            voices: dict[VoiceChoice, DialogueVoice] = {}
+            for engine in self._distinct_engines():
+                engine.begin_dialogue()
             try:
-                turns = [self._turn(dialogue, i, dialogue.voice if t.role == "patient" else ASSISTANT_VOICE, rng)
-                         for i, t in enumerate(dialogue.turns) if t.role == "patient" or self.params.doctor_turns]
+                turns = []
+                for i, t in enumerate(dialogue.turns):
+                    if t.role == "patient" or self.params.doctor_turns:
+                        voice = dialogue.voice if t.role == "patient" else self.params.assistant_voice()
+                        turns.append(self._turn(dialogue, i, voice, rng, voices.setdefault(voice, DialogueVoice())))
             except _Unspeakable as exc:
                 result.rejected.append(self.reject(dialogue, exc.code, exc.detail))
                 continue

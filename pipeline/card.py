@@ -59,6 +59,55 @@ def _counts(title: str, counter: Counter, total: int) -> list[str]:
     return lines + [""]
 
 
+@dataclass
+class SpeechStats:
+    """Spoken turns (rows of the synthesize stage): audio hours, roles, engines, voices."""
+
+    rows: int = 0
+    seconds: float = 0.0
+    dialogues: set[str] = field(default_factory=set)
+    role: Counter = field(default_factory=Counter)
+    engine: Counter = field(default_factory=Counter)
+    match: Counter = field(default_factory=Counter)
+    speakers: set[str] = field(default_factory=set)
+    coughs: int = 0
+    retried: int = 0
+    with_units: int = 0
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            self.rows += 1
+            self.seconds += row["duration_s"]
+            self.dialogues.add(row["dialogue_id"])
+            self.role[row["role"]] += 1
+            self.engine[row["engine"]] += 1
+            self.match[row["voice"]["match"]] += 1
+            if row["voice"].get("speaker_id"):
+                self.speakers.add(row["voice"]["speaker_id"])
+            self.coughs += len(row.get("coughs") or [])
+            self.retried += row.get("attempts", 1) > 1
+            self.with_units += row.get("units") is not None
+
+    def lines(self) -> list[str]:
+        if not self.rows:
+            return []
+        return [
+            "## Speech", "",
+            "| statistic | value |", "|---|---|",
+            f"| spoken turns | {self.rows} |",
+            f"| dialogues | {len(self.dialogues)} |",
+            f"| audio hours | {self.seconds / 3600:.3f} |",
+            f"| mean seconds per turn | {self.seconds / self.rows:.2f} |",
+            f"| reference speakers used | {len(self.speakers)} |",
+            f"| coughs spliced | {self.coughs} |",
+            f"| turns re-synthesised after the audio checks | {self.retried} |",
+            f"| turns with speech units | {self.with_units} |",
+            "",
+            *_counts("role", self.role, self.rows), *_counts("TTS engine", self.engine, self.rows),
+            *_counts("voice matched on", self.match, self.rows),
+        ]
+
+
 @dataclass(frozen=True)
 class Sizes:
     rows: int
@@ -80,7 +129,8 @@ def yaml_header(sizes: Sizes) -> list[str]:
     ]
 
 
-def render_card(name: str, stage: str, sizes: Sizes, stats: DialogueStats, rejected: dict[str, Counter]) -> str:
+def render_card(name: str, stage: str, sizes: Sizes, stats: DialogueStats, rejected: dict[str, Counter],
+                speech: SpeechStats | None = None) -> str:
     """The README.md of an exported dataset: HF header, statistics, rejections."""
     rows = sizes.rows
     lines = [
@@ -102,6 +152,7 @@ def render_card(name: str, stage: str, sizes: Sizes, stats: DialogueStats, rejec
         ]
     if stats.rows:
         lines += ["## Patients", ""] + _counts("gender", stats.gender, stats.rows) + _counts("age group", stats.age_group, stats.rows)
+    lines += speech.lines() if speech else []
     if any(rejected.values()):
         lines += ["## Rejected on the way, by stage and reason", "", "| stage | reason | rows |", "|---|---|---|"]
         lines += [f"| {st} | {reason} | {n} |" for st, reasons in rejected.items() for reason, n in sorted(reasons.items())]

@@ -135,6 +135,8 @@ class StageConfig(_Strict):
 class ExportConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     stage: str
+    sharegpt: bool = Field(False, description="a spoken dataset (synthesize stage) also as ShareGPT JSON(L) with audio "
+                           "files, joined with the dialogues the stage read")
 
 
 class PipelineConfig(_Strict):
@@ -155,6 +157,10 @@ class PipelineConfig(_Strict):
         for export in self.exports:
             if export.stage not in ["ingest", *names]:
                 raise ValueError(f"export {export.name!r} reads unknown stage {export.stage!r}")
+            if export.sharegpt and (export.stage == "ingest" or export.stage == names[0] or "dialogue_id" not in
+                                    stage_class(self.stages[names.index(export.stage)].kind).output_model.model_fields):
+                raise ValueError(f"export {export.name!r}: sharegpt needs a stage of spoken turns (synthesize) that "
+                                 f"reads dialogues from an earlier stage; {export.stage!r} is not one")
         return self
 
 

@@ -143,9 +143,11 @@ def execute(
         result.sealed = {name: len(seals) for name, seals in all_seals.items()}
         result.rows_processed = {p.spec.name: p.rows_run for p in scheduler.pools}
         models = {INGEST: SourceDialogue, **{s.name: stage_class(s.kind).output_model for s in config.stages}}
+        upstream = dict(zip([s.name for s in config.stages], [INGEST, *(s.name for s in config.stages)]))
         for export in config.exports:
             marker = export_stage(rundir, export.name, export.stage, arrow_schema(models[export.stage]),
-                                  prints[export.stage], config.num_shards, all_seals)
+                                  prints[export.stage], config.num_shards, all_seals,
+                                  sharegpt_from=upstream[export.stage] if export.sharegpt else None)
             result.exports[export.name] = marker.rows
         write_manifest(rundir, [INGEST, *(s.name for s in config.stages)])
     finally:

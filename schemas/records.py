@@ -143,6 +143,9 @@ class QCScores(Record):
     clipped: float = Field(description="share of samples at full scale")
     leading_silence_s: float
     trailing_silence_s: float
+    cer: float | None = Field(None, description="character error rate of the ASR round trip against the spoken "
+                              "text (actors.audio_qc.cer); None when no ASR is configured or nothing is to be said")
+    asr_text: str | None = Field(None, description="what the ASR heard, as it wrote it")
 
 
 class SynthesizedTurn(Record):
@@ -162,6 +165,8 @@ class SynthesizedTurn(Record):
     qc: QCScores
     attempts: int = Field(1, description="syntheses it took to pass the audio checks")
     noisy: list[NoisyCopy] = Field([], description="noisy copies, one per configured SNR")
+    units: list[int] | None = Field(None, description="doctor turns with `doctor_units`: the CosyVoice2 25 Hz speech "
+                                    "tokens of this audio, in [0, 6561) (Stage II-b targets)")
 
 
 class Rejection(Record):

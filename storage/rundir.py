@@ -105,6 +105,9 @@ class RunDir:
     def write_bytes_rel(self, rel: str, data: bytes) -> None:
         write_bytes(self.loc, self.abs(rel), data)
 
+    def read_bytes_rel(self, rel: str) -> bytes:
+        return read_bytes(self.loc, self.abs(rel))
+
     def exists(self) -> bool:
         return self.read_model(RUN_JSON, RunInfo) is not None
 

@@ -41,6 +41,8 @@ def _check_file(rundir: RunDir, entry: FileEntry, sizes: dict[str, int]) -> list
             digest.update(chunk)
     if digest.hexdigest() != entry.sha256:
         return [Problem(entry.path, "checksum differs from its marker (file altered)")]
+    if not path.endswith(".parquet"):
+        return []  # audio and JSON files of an export: size and checksum are the whole check
     rows = pq.ParquetFile(rundir.loc.fs.open_input_file(path)).metadata.num_rows
     if rows != entry.rows:
         return [Problem(entry.path, f"{rows} rows, marker says {entry.rows}")]

@@ -129,10 +129,29 @@ def proxy(llm_server: str) -> Iterator["FaultProxy"]:
 POOL_SPEAKERS = [("female", "A", 3), ("female", "C", 5), ("male", "C", 4), ("male", "D", 2), ("female", "D", 1)]
 
 
+# The two real 16 kHz AISHELL-1 recordings shipped in the s3tokenizer wheel (ENVIRONMENT.md),
+# with their transcripts: the tests' reference voices.
+AISHELL1_CLIPS = {"BAC009S0764W0121": "甚至出现交易几乎停滞的情况", "BAC009S0764W0122": "一二线城市虽然也处于调整中"}
+
+
+def aishell1_clip(utt: str) -> Path:
+    """Path of a shipped AISHELL-1 clip; found without importing s3tokenizer (its import
+    needs torchaudio, which the CPU install removes)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("s3tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the dev extra installs s3tokenizer, whose wheel ships the AISHELL-1 test clips")
+    return Path(next(iter(spec.submodule_search_locations))) / "assets" / f"{utt}.wav"
+
+
 @pytest.fixture(scope="session")
 def voice_pool(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A voice pool built from a generated Aishell-3-shaped folder: 15 speakers over five
-    gender/age groups (no male child, on purpose), three clips each, the third too short."""
+    gender/age groups (no male child, on purpose), three clips each: the two real AISHELL-1
+    recordings and a third that is too short."""
+    import shutil
+
     import numpy as np
     import soundfile
 
@@ -140,6 +159,7 @@ def voice_pool(tmp_path_factory: pytest.TempPathFactory) -> str:
 
     root = tmp_path_factory.mktemp("aishell3")
     info, content, n = [], [], 0
+    real = list(AISHELL1_CLIPS.items())
     for gender, letter, count in POOL_SPEAKERS:
         for _ in range(count):
             n += 1
@@ -147,11 +167,15 @@ def voice_pool(tmp_path_factory: pytest.TempPathFactory) -> str:
             info.append(f"{speaker}\t{letter}\t{gender}\tnorth")
             for clip in range(1, 4):
                 utt = f"{speaker}{clip:04d}"
-                content.append(f"{utt}.wav\t头 tou2 疼 teng2")
                 path = root / "train" / "wav" / speaker / f"{utt}.wav"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                seconds = 0.5 if clip == 3 else 1.5  # clip 3 is below min_clip_s
-                soundfile.write(path, np.zeros(int(16_000 * seconds)), 16_000)
+                if clip == 3:  # below min_clip_s
+                    content.append(f"{utt}.wav\t头 tou2 疼 teng2")
+                    soundfile.write(path, np.zeros(int(16_000 * 0.5)), 16_000)
+                    continue
+                source, text = real[clip - 1]
+                content.append(f"{utt}.wav\t" + " ".join(f"{ch} x1" for ch in text))  # Aishell-3: char + pinyin
+                shutil.copyfile(aishell1_clip(source), path)
     (root / "spk-info.txt").write_text("\n".join(info) + "\n", encoding="utf-8")
     (root / "train" / "content.txt").write_text("\n".join(content) + "\n", encoding="utf-8")
     out = str(root.parent / "pool")

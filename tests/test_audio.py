@@ -77,6 +77,9 @@ def test_qc_scores_and_problems() -> None:
     # A spliced cough is not speech time: 2.3 s of audio of which 1.5 s cough → 0.8 s for 11 characters.
     assert qc_scores(speech, RATE, "我<cough>头疼了三天，晚上睡不好。", inserted_s=1.5).s_per_char == pytest.approx(0.8 / 11, abs=1e-3)
     assert qc_problems(qc_scores(np.zeros(0, np.float32), RATE, "好"), params) == ["empty: no samples"]
+    # Sound-free audio (an engine that spoke nothing, or a turn of only punctuation) is no speech.
+    silent = qc_problems(qc_scores(np.full(RATE // 2, 1e-4, np.float32), RATE, "……"), params)
+    assert silent == ["silent: no frame above -45 dBFS in 0.50 s"]
 
 
 @pytest.mark.parametrize("snr", [0.0, 10.0, 20.0])

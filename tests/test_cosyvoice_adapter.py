@@ -23,6 +23,24 @@ from actors.registry import build_stage
 from schemas import SourceDialogue, Turn, VoiceChoice
 
 
+class FakeFrontend:
+    """Test double of CosyVoiceFrontEnd's speech tokenizer: `_extract_speech_token(path)`
+    loads a 16 kHz file of at most 30 s (the real one asserts it) and returns (1, T) int32
+    tokens at 25 Hz; these encode the file's loudness so a test can tell windows apart."""
+
+    def __init__(self) -> None:
+        self.files: list[tuple[int, float]] = []
+
+    def _extract_speech_token(self, prompt_wav):
+        samples, rate = soundfile.read(prompt_wav, dtype="float32")
+        assert rate == 16_000 and len(samples) / rate <= 30, "the real tokenizer takes 16 kHz audio of at most 30 s"
+        self.files.append((len(samples), float(np.abs(samples).max())))
+        count = max(1, len(samples) * 25 // rate)
+        level = round(float(np.abs(samples).max()) * 1000) % 6561
+        tokens = torch.full((1, count), level, dtype=torch.int32)
+        return tokens, torch.tensor([count], dtype=torch.int32)
+
+
 class FakeCosyVoice2:
     """Test double of cosyvoice.cli.cosyvoice.CosyVoice2 (post-622a3a1 API)."""
 
@@ -33,6 +51,7 @@ class FakeCosyVoice2:
                      "fp16": fp16}
         self.sample_rate = 24_000
         self.calls: list[dict] = []
+        self.frontend = FakeFrontend()
         FakeCosyVoice2.instances.append(self)
 
     def inference_zero_shot(self, tts_text, prompt_text, prompt_wav, zero_shot_spk_id="", stream=False, speed=1.0,
@@ -95,3 +114,42 @@ def test_cosyvoice_refuses_a_missing_checkpoint_and_a_voice_without_clip(tmp_pat
     engine = build_tts(TTSConfig(kind="cosyvoice2", model_dir=str(tmp_path / "m")))
     with pytest.raises(ValueError, match="reference clip"):
         engine.synthesize("你好", VoiceChoice(engine="random_timbre", match="none", seed=1), 0)
+
+
+def test_doctor_turns_in_a_reference_voice_with_speech_units(tmp_path: Path, fake_cosyvoice) -> None:
+    """Doctor turns spoken zero-shot from `doctor_voice`, and their units taken from the
+    audio that was kept, through the frontend's tokenizer in windows of at most 30 s."""
+    model_dir = tmp_path / "CosyVoice2-0.5B"
+    model_dir.mkdir()
+    doctor_clip = tmp_path / "doctor.wav"
+    soundfile.write(doctor_clip, np.zeros(16_000, np.float32), 16_000)
+    stage = build_stage("synthesize", "speak", {
+        "engine": {"kind": "cosyvoice2", "model_dir": str(model_dir)}, "random_timbre_engine": {"kind": "espeak"},
+        "doctor_turns": True, "doctor_units": True,
+        "doctor_voice": {"path": str(doctor_clip), "transcript": "您好，我是医生。"}}, 4)
+    stage.setup()
+    (cv,) = fake_cosyvoice.instances
+    turns = [Turn(role="patient", text="我胃疼了两天。"), Turn(role="doctor", text="吃东西了吗？")]
+    batch = [SourceDialogue(id="a", source="s", source_key="a", turns=turns,
+                            voice=VoiceChoice(engine="random_timbre", match="none", seed=3))]
+    patient, doctor = stage.process(batch).accepted
+    assert patient.engine == "espeak" and patient.units is None
+    assert doctor.engine == "cosyvoice2" and doctor.voice.clip_path == str(doctor_clip)
+    assert cv.calls[-1]["prompt_wav"] == str(doctor_clip) and cv.calls[-1]["prompt_text"] == "您好，我是医生。"
+    samples, _ = decode(doctor.audio.bytes)
+    assert len(doctor.units) == len(samples) * 25 // 16_000 == 25  # 1 s of kept audio at 25 Hz
+    assert cv.frontend.files == [(len(samples), pytest.approx(float(np.abs(samples).max()), abs=1e-3))]
+
+    # Longer than the tokenizer's 30 s: windows of 30 s, units concatenated in order.
+    engine = stage.engines["zero_shot"][1]
+    long = np.concatenate([np.full(30 * 16_000, 0.1, np.float32), np.full(5 * 16_000, 0.2, np.float32)])
+    units = engine.speech_units(long)
+    assert len(units) == 30 * 25 + 5 * 25 and units[0] == 100 and units[-1] == 200
+    stage.close()
+
+
+def test_doctor_units_need_cosyvoice_and_doctor_turns() -> None:
+    with pytest.raises(Exception, match="doctor_units needs doctor_turns"):
+        build_stage("synthesize", "speak", {"doctor_units": True, "doctor_turns": True}, 4)
+    with pytest.raises(Exception, match="doctor_units needs doctor_turns"):
+        build_stage("synthesize", "speak", {"doctor_units": True, "engine": {"kind": "cosyvoice2", "model_dir": "/m"}}, 4)

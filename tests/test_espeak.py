@@ -48,11 +48,16 @@ def test_speech_of_plausible_length(engine) -> None:
 
 
 def test_same_voice_same_sound_and_variants_by_gender(engine) -> None:
-    # espeak-ng jitters by a few samples from call to call (see the engine's docstring).
-    a, rate = engine.synthesize("我嗓子疼", voice("male", "adult", seed=3), 0)
+    # libespeak-ng carries state from one utterance to the next (see the engine's docstring):
+    # the same text differs after other speech, and is identical again after begin_dialogue.
+    engine.begin_dialogue()
+    a, rate = engine.synthesize("我嗓子疼，咳嗽三天了", voice("male", "adult", seed=3), 0)
     engine.synthesize("别的话", voice("female", "child", seed=9), 0)
-    b, _ = engine.synthesize("我嗓子疼", voice("male", "adult", seed=3), 0)
-    assert abs(len(a) - len(b)) < 0.001 * rate and abs(f0(a, rate) - f0(b, rate)) < 5
+    b, _ = engine.synthesize("我嗓子疼，咳嗽三天了", voice("male", "adult", seed=3), 0)
+    assert abs(len(a) - len(b)) < 0.02 * rate and abs(f0(a, rate) - f0(b, rate)) < 5
+    engine.begin_dialogue()
+    again, _ = engine.synthesize("我嗓子疼，咳嗽三天了", voice("male", "adult", seed=3), 0)
+    assert np.array_equal(again, a)
     assert espeak_voice(voice("female", "adult"))[0].startswith("cmn+f")
     assert espeak_voice(voice("male", "child"))[0].startswith("cmn+m")
     picks = {espeak_voice(voice(None, None, seed=s))[0] for s in range(60)}

@@ -11,7 +11,10 @@ commit). What the adapter relies on (../shared/ENGINES.md §1):
   `stream=False`: every chunk is kept and concatenated (taking the first only, as the
   paper's scripts do, drops the rest of a long turn);
 * 24 kHz output (`model.sample_rate`); prompts of at most 30 s (the pool guarantees it);
-* batch 1: GPU throughput comes from several copies per GPU (fractional `num_gpus`).
+* batch 1: GPU throughput comes from several copies per GPU (fractional `num_gpus`);
+* `frontend._extract_speech_token(wav_path)` gives the 25 Hz speech tokens (6,561 values)
+  of a 16 kHz file of at most 30 s: the speech units of Stage II-b (ENGINES.md §1.4),
+  taken from the audio kept so that units and audio agree.
 
 Prompt clips on an object store are copied to a local temp file once per clip.
 """
@@ -24,10 +27,15 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import soundfile
 
-from actors.engines.tts import TTSConfig, TTSEngine
+from actors.audio import RATE
+from actors.engines.tts import DialogueVoice, TTSConfig, TTSEngine
 from schemas import VoiceChoice
 from storage.fs import read_bytes, resolve
+
+
+UNIT_WINDOW = 30 * RATE
 
 
 class CosyVoice2Engine(TTSEngine):
@@ -63,7 +71,9 @@ class CosyVoice2Engine(TTSEngine):
                 self._local[path] = str(local)
             return self._local[path]
 
-    def synthesize(self, text: str, voice: VoiceChoice, seed: int) -> tuple[np.ndarray, int]:
+    def synthesize(self, text: str, voice: VoiceChoice, seed: int,
+                   dialogue: DialogueVoice | None = None) -> tuple[np.ndarray, int]:
+        # The reference clip fixes the timbre of every turn: `dialogue` is not needed.
         if voice.clip_path is None or voice.clip_transcript is None:
             raise ValueError("cosyvoice2 speaks zero-shot from a reference clip; this voice has none "
                              "(random-timbre voices need the random_timbre engine)")
@@ -74,6 +84,16 @@ class CosyVoice2Engine(TTSEngine):
             return np.zeros(0, dtype=np.float32), self.sample_rate
         audio = self._torch.cat(chunks, dim=1)[0].detach().cpu().numpy().astype(np.float32)
         return audio, self.sample_rate
+
+    def speech_units(self, samples: np.ndarray) -> list[int]:
+        # The tokenizer takes at most 30 s: longer audio is tokenised in 30-s windows.
+        units: list[int] = []
+        for start in range(0, max(len(samples), 1), UNIT_WINDOW):
+            with tempfile.NamedTemporaryFile(suffix=".wav", dir=self._tmp.name) as wav:
+                soundfile.write(wav.name, samples[start:start + UNIT_WINDOW], RATE, subtype="PCM_16")
+                tokens, _ = self.model.frontend._extract_speech_token(wav.name)
+                units += [int(t) for t in tokens.flatten().tolist()]
+        return units
 
     def close(self) -> None:
         self._tmp.cleanup()

@@ -9,21 +9,29 @@ constant within a dialogue and plausible for the patient:
 * pitch (espeak's 0-100 scale) by age group, children highest, with a small per-voice
   offset from the same seed.
 
-libespeak-ng is one global synthesiser per process, so calls are serialised by a lock. It
-is not bit-reproducible: the same text in the same voice varies by a few samples (well
-under a millisecond) from call to call, and `espeak_ng_SetRandSeed` does not remove it
-(measured). Voice, pitch and every choice the pipeline makes are reproducible; sample
-counts, and so cough offsets, agree to within that jitter.
+Two things make libespeak-ng's output vary from call to call, both measured: the breathy
+variants (f2, f3, f5) draw noise from a generator it seeds from the clock at
+initialisation, and globals that outlive an utterance (waveform phase, flutter) make the
+same text a few milliseconds longer or shorter depending on what was spoken before;
+`espeak_Terminate` does not reset them. So each call seeds the generator with its `seed`
+(`espeak_ng_SetRandSeed`), each engine loads a private copy of the library, and
+`begin_dialogue` replaces that copy with a fresh one (about 20 ms). A dialogue's audio is
+then a function of the dialogue alone, identical to the sample whatever was synthesised
+before it, in a clean run or a resumed one.
 """
 
 from __future__ import annotations
 
+import _ctypes
 import ctypes
+import shutil
+import tempfile
 import threading
+from pathlib import Path
 
 import numpy as np
 
-from actors.engines.tts import TTSConfig, TTSEngine
+from actors.engines.tts import DialogueVoice, TTSConfig, TTSEngine
 from schemas import VoiceChoice
 
 _SYNCHRONOUS = 2  # AUDIO_OUTPUT_SYNCHRONOUS: synthesise into the callback, return when done
@@ -46,27 +54,53 @@ def espeak_voice(voice: VoiceChoice) -> tuple[str, int]:
 
 
 class EspeakEngine(TTSEngine):
-    _lock = threading.Lock()  # one synthesiser per process, whatever the number of engines
-
     def __init__(self, config: TTSConfig):
-        import espeakng_loader
-
         self.config = config
-        self._lib = ctypes.CDLL(espeakng_loader.get_library_path())
-        self._lib.espeak_Initialize.restype = ctypes.c_int
-        self.sample_rate = self._lib.espeak_Initialize(_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(), 0)
-        if self.sample_rate <= 0:
-            raise RuntimeError(f"espeak-ng failed to initialise (code {self.sample_rate})")
+        self._lock = threading.Lock()
+        self._dir = tempfile.TemporaryDirectory(prefix="speechmed-espeak-")
+        self._loads = 0
+        self._lib = self._load()
         self._chunks: list[np.ndarray] = []
         self._callback = _CALLBACK(self._collect)  # kept referenced: the library calls it later
+
+    def _load(self) -> ctypes.CDLL:
+        """A private copy of libespeak-ng, initialised: its own, fresh global state."""
+        import espeakng_loader
+
+        self._loads += 1
+        copy = Path(self._dir.name) / f"libespeak-ng-{self._loads}.so"
+        shutil.copyfile(espeakng_loader.get_library_path(), copy)
+        lib = ctypes.CDLL(str(copy))
+        copy.unlink()  # mapped; the name is not needed any more
+        lib.espeak_Initialize.restype = ctypes.c_int
+        self.sample_rate = lib.espeak_Initialize(_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(), 0)
+        if self.sample_rate <= 0:
+            raise RuntimeError(f"espeak-ng failed to initialise (code {self.sample_rate})")
+        return lib
+
+    def _unload(self) -> None:
+        self._lib.espeak_Terminate()
+        _ctypes.dlclose(self._lib._handle)
+
+    def begin_dialogue(self) -> None:
+        with self._lock:
+            self._unload()
+            self._lib = self._load()
+
+    def close(self) -> None:
+        with self._lock:
+            self._unload()
+        self._dir.cleanup()
 
     def _collect(self, wav: ctypes.POINTER(ctypes.c_short), count: int, events: ctypes.c_void_p) -> int:
         if count > 0:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(count,)).copy())
         return 0
 
-    def synthesize(self, text: str, voice: VoiceChoice, seed: int = 0) -> tuple[np.ndarray, int]:
-        # espeak has no sampling to seed; `seed` is accepted for the interface.
+    def synthesize(self, text: str, voice: VoiceChoice, seed: int = 0,
+                   dialogue: DialogueVoice | None = None) -> tuple[np.ndarray, int]:
+        # The voice fixes the timbre: `dialogue` is accepted for the interface. `seed`
+        # drives the breath noise of the breathy variants.
         variant, pitch = espeak_voice(voice)
         data = text.encode("utf-8")
         with self._lock:
@@ -76,6 +110,7 @@ class EspeakEngine(TTSEngine):
                 raise RuntimeError(f"espeak-ng has no voice {variant}")
             self._lib.espeak_SetParameter(_PITCH, pitch, 0)
             self._lib.espeak_SetParameter(_RATE, self.config.rate_wpm, 0)
+            self._lib.espeak_ng_SetRandSeed(ctypes.c_long(seed))
             code = self._lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
             self._lib.espeak_Synchronize()
             chunks, self._chunks = self._chunks, []
