@@ -65,7 +65,7 @@ def problems(path: Path) -> list[str]:
 def test_demo_config_parses():
     from pipeline.demo import demo_config
 
-    config = demo_config(Path("/models/Qwen2.5-7B-Instruct"))
+    config = demo_config(Path("/models/Qwen2.5-7B-Instruct"), Path("/cache/pool"), Path("/cache/coughs"))
     assert isinstance(config, PipelineConfig)
     assert (config.seed, config.num_shards, config.ingest_part_size) == (20261125, 4, 64)
     (source,) = config.sources
@@ -74,10 +74,13 @@ def test_demo_config_parses():
     assert source.path == str(Path(str(DEMO)).resolve().parent / "sample_consultations.json")
     assert [(s.name, s.kind) for s in config.stages] == [
         ("prefilter", "prefilter"), ("filter", "llm_filter"), ("rewrite", "rewrite"), ("normalize", "normalize"),
-        ("demographics", "demographics")]
-    assert {s.params["engine"]["model"] for s in config.stages if "engine" in s.params} == {"/models/Qwen2.5-7B-Instruct"}
+        ("demographics", "demographics"), ("voice", "voice_match"), ("speak", "synthesize")]
+    llm = [s for s in config.stages if s.kind in ("llm_filter", "rewrite", "demographics")]
+    assert {s.params["engine"]["model"] for s in llm} == {"/models/Qwen2.5-7B-Instruct"}
+    assert config.stages[5].params["pool"] == "/cache/pool" and config.stages[6].params["cough_dir"] == "/cache/coughs"
     assert config.stages[0].resources.actors == 1 and config.stages[0].micro_batch_size == 8
-    assert [(e.name, e.stage) for e in config.exports] == [("TextMedDataset", "demographics")]
+    assert [(e.name, e.stage, e.sharegpt) for e in config.exports] == [
+        ("TextMedDataset", "demographics", False), ("SpeechMedDataset", "speak", True)]
 
 
 def test_relative_source_path_is_relative_to_the_config_file(tmp_path, monkeypatch):

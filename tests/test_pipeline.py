@@ -172,18 +172,29 @@ def test_cli_demo_end_to_end_then_status_manifest_verify(tmp_path: Path, ray_add
     assert status["ingest"].rejected_by_reason == {"ingest.duplicate_content": 2}
     assert status["prefilter"].rejected_by_reason == {
         "prefilter.too_short": 5, "prefilter.voice_impossible": 6, "prefilter.not_chinese": 2}
-    names = ["ingest", "prefilter", "filter", "rewrite", "normalize", "demographics"]
+    names = ["ingest", "prefilter", "filter", "rewrite", "normalize", "demographics", "voice", "speak"]
     assert list(status) == names
-    for upstream, name in zip(names, names[1:]):
+    for upstream, name in zip(names[:-1], names[1:-1]):
         assert status[name].rows_in == status[upstream].rows_out
-    for name in names:
+    for name in names[:-1]:
         assert status[name].rows_in == status[name].rows_out + status[name].rows_rejected
+    # synthesize fans out: dialogues in = dialogues spoken + dialogues rejected.
+    speak = status["speak"]
+    assert speak.rows_in == status["voice"].rows_out > 0
 
     dataset = load_dataset(str(run / "datasets" / "TextMedDataset"))["train"]
     assert len(dataset) == exported == status["demographics"].rows_out
     assert len(set(dataset["id"])) == len(dataset)
     spoken = [t["speech_text"] for row in dataset["turns"] for t in row]
     assert all(spoken) and not any(ch.isdigit() for text in spoken for ch in text if ch.isascii())
+    speech = load_dataset(str(run / "datasets" / "SpeechMedDataset"))["train"]
+    assert len(speech) == json.loads(done.stdout)["exports"]["SpeechMedDataset"] == speak.rows_out > 0
+    assert len(set(speech["dialogue_id"])) + speak.rows_rejected == speak.rows_in
+    assert set(speech["role"]) == {"patient", "doctor"} and set(speech["engine"]) == {"espeak"}
+    assert {v["match"] for v in speech["voice"]} <= {"gender_age", "gender", "age_group", "none"}
+    sharegpt = (run / "datasets" / "SpeechMedDataset" / "sharegpt" / "train.jsonl").read_text(encoding="utf-8")
+    assert len(sharegpt.splitlines()) == len(set(speech["dialogue_id"]))
+    assert (tmp_path / "cache" / "speechmed" / "demo-voices-v1" / "pool" / "pool.json").exists()
     assert verify(rundir) == []
 
     again = execute(load_run_config(rundir), str(run), command="pytest")

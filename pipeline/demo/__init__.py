@@ -1,8 +1,9 @@
-"""The bundled demo: the sample consultations (demo.yaml) through every text stage.
+"""The bundled demo: the sample consultations (demo.yaml) through every stage.
 
 The LLM stages load the checkpoint `demo_config` is given: by default the tiny random
 model, made once into the user's cache (`demo_model`), so the demo runs anywhere without
-downloads; its answers are schema-valid and meaningless.
+downloads; its answers are schema-valid and meaningless. The voice pool and cough clips
+are made into the cache too (`pipeline.demo.voices`).
 """
 
 from __future__ import annotations
@@ -30,10 +31,15 @@ def demo_model() -> Path:
     return cache
 
 
-def demo_config(checkpoint: Path) -> PipelineConfig:
-    """demo.yaml with every LLM stage on `checkpoint`."""
+def demo_config(checkpoint: Path, pool: Path, coughs: Path) -> PipelineConfig:
+    """demo.yaml with every LLM stage on `checkpoint`, voices from `pool`, coughs from `coughs`."""
     raw = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))
     for stage in raw["stages"]:
-        if "engine" in stage.get("params", {}):
-            stage["params"]["engine"]["model"] = str(checkpoint)
+        params = stage.get("params", {})
+        if stage["kind"] in ("llm_filter", "rewrite", "demographics"):
+            params["engine"]["model"] = str(checkpoint)
+        if stage["kind"] == "voice_match":
+            params["pool"] = str(pool)
+        if stage["kind"] == "synthesize":
+            params["cough_dir"] = str(coughs)
     return parse_config(raw, base_dir=str(CONFIG.parent), origin=str(CONFIG))
