@@ -38,13 +38,16 @@ def test_shipped_config_is_valid(path: Path) -> None:
     config = parse_config(raw, base_dir=str(path.parent), origin=str(path))
     models = set()
     for stage in config.stages:
-        engine = stage.params.get("engine")
-        if engine is None:
+        if stage.kind not in ("llm_filter", "rewrite", "demographics"):
             continue
+        engine = stage.params["engine"]
         models.add(Path(engine["model"]).name)
         assert stage.resources.num_gpus == engine.get("tensor_parallel_size", 1), stage.name
     assert models <= {"Qwen2.5-14B-Instruct", "Qwen2.5-32B-Instruct", "Qwen2.5-72B-Instruct"} and models
-    assert [e.name for e in config.exports] == ["TextMedDataset"]
+    speak = next(s for s in config.stages if s.kind == "synthesize")
+    assert speak.params["engine"]["kind"] == "cosyvoice2" and speak.params["random_timbre_engine"]["kind"] == "fishspeech"
+    assert speak.params["doctor_units"] and 0 < speak.resources.num_gpus < 1
+    assert [(e.name, e.stage) for e in config.exports] == [("TextMedDataset", "demographics"), ("SpeechMedDataset", "speak")]
 
 
 def test_tensor_parallel_engine_needs_its_gpus() -> None:
