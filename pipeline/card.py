@@ -3,7 +3,9 @@
 `DialogueStats` accumulates over rows (as dicts, one shard at a time) and renders the
 card's Markdown. Multi-turn statistics are taken over the rewritten consultations (the
 treatments the paper reports them for); a turn is one utterance, `<cough>` placeholders
-are not counted as characters.
+are not counted as characters. The distributions the card's plots draw (`pipeline.plots`)
+are kept as counters (turns per dialogue, characters per turn, tenths of a second of audio),
+never as rows, so memory does not grow with the dataset.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from typing import Any
 from actors.rewrite_rules import COUGH, follow_ups
 
 MULTI_TURN = ("consultation", "single_turn_qa", "cough")
+# The two groups the turn and character distributions are split into.
+REWRITTEN, OTHER = "rewritten multi-turn", "other"
+PLOTS_DIR = "plots"  # beside the card, which links its images from there
 # SpeechMedAssist's reported figures for its rewritten multi-turn consultations.
 PAPER = {"turns": 6.58, "characters": 36.4, "follow_ups": 3.3}
 
@@ -30,19 +35,30 @@ class DialogueStats:
     turns: int = 0
     characters: int = 0
     follow_ups: int = 0
+    # group (REWRITTEN / OTHER) → {turns in a dialogue: dialogues}, {characters in a turn: turns}
+    turns_per_dialogue: dict[str, Counter] = field(default_factory=lambda: {REWRITTEN: Counter(), OTHER: Counter()})
+    chars_per_turn: dict[str, Counter] = field(default_factory=lambda: {REWRITTEN: Counter(), OTHER: Counter()})
+    patients: Counter = field(default_factory=Counter)  # (gender, age group) → dialogues
 
     def add(self, rows: list[dict[str, Any]]) -> None:
         for row in rows:
             self.rows += 1
             self.by_treatment[row["treatment"]] += 1
             self.by_source[row["source"]] += 1
-            self.gender[row.get("gender") or "unknown"] += 1
-            self.age_group[row.get("age_group") or "unknown"] += 1
-            if row["treatment"] in MULTI_TURN and row.get("rewrite_prompt"):
-                turns = row["turns"]
+            gender, age = row.get("gender") or "unknown", row.get("age_group") or "unknown"
+            self.gender[gender] += 1
+            self.age_group[age] += 1
+            self.patients[(gender, age)] += 1
+            turns = row["turns"]
+            chars = [len(t["text"].replace(COUGH, "")) for t in turns]
+            rewritten = row["treatment"] in MULTI_TURN and bool(row.get("rewrite_prompt"))
+            group = REWRITTEN if rewritten else OTHER
+            self.turns_per_dialogue[group][len(turns)] += 1
+            self.chars_per_turn[group].update(chars)
+            if rewritten:
                 self.multi_turn += 1
                 self.turns += len(turns)
-                self.characters += sum(len(t["text"].replace(COUGH, "")) for t in turns)
+                self.characters += sum(chars)
                 self.follow_ups += follow_ups([t["text"] for t in turns if t["role"] == "doctor"])
 
     def figures(self) -> dict[str, float] | None:
@@ -73,6 +89,11 @@ class SpeechStats:
     coughs: int = 0
     retried: int = 0
     with_units: int = 0
+    durations: dict[str, Counter] = field(default_factory=dict)  # role → {tenths of a second: turns}
+    # (speaker gender, speaker age group) of each dialogue's patient voice, once per dialogue;
+    # a random timbre has neither ("none", "random timbre").
+    patient_voices: Counter = field(default_factory=Counter)
+    _voiced: set[str] = field(default_factory=set)
 
     def add(self, rows: list[dict[str, Any]]) -> None:
         for row in rows:
@@ -80,6 +101,12 @@ class SpeechStats:
             self.seconds += row["duration_s"]
             self.dialogues.add(row["dialogue_id"])
             self.role[row["role"]] += 1
+            self.durations.setdefault(row["role"], Counter())[round(row["duration_s"] * 10)] += 1
+            if row["role"] == "patient" and row["dialogue_id"] not in self._voiced:
+                self._voiced.add(row["dialogue_id"])
+                voice = row["voice"]
+                self.patient_voices[(voice.get("speaker_gender") or "none",
+                                     voice.get("speaker_age_group") or "random timbre")] += 1
             self.engine[row["engine"]] += 1
             self.match[row["voice"]["match"]] += 1
             if row["voice"].get("speaker_id"):
@@ -129,9 +156,16 @@ def yaml_header(sizes: Sizes) -> list[str]:
     ]
 
 
+def _images(plots: dict[str, str], *files: str) -> list[str]:
+    """Markdown image links to those of `files` the card has plots for (file → alt text)."""
+    return [line for f in files if f in plots for line in (f"![{plots[f]}]({PLOTS_DIR}/{f})", "")]
+
+
 def render_card(name: str, stage: str, sizes: Sizes, stats: DialogueStats, rejected: dict[str, Counter],
-                speech: SpeechStats | None = None) -> str:
-    """The README.md of an exported dataset: HF header, statistics, rejections."""
+                speech: SpeechStats | None = None, plots: dict[str, str] | None = None) -> str:
+    """The README.md of an exported dataset: HF header, statistics, rejections; `plots`
+    (file name under plots/ → alt text) are linked beside the statistics they draw."""
+    plots = plots or {}
     rows = sizes.rows
     lines = [
         *yaml_header(sizes),
@@ -150,11 +184,16 @@ def render_card(name: str, stage: str, sizes: Sizes, stats: DialogueStats, rejec
             f"| doctor follow-up questions per dialogue | {figures['follow_ups']:.2f} | {PAPER['follow_ups']} |",
             "",
         ]
+    if stats.rows and _images(plots, "turns.png", "characters.png"):
+        lines += [f"## Turns and characters (all {stats.rows} dialogues)", "",
+                  *_images(plots, "turns.png", "characters.png")]
     if stats.rows:
         lines += ["## Patients", ""] + _counts("gender", stats.gender, stats.rows) + _counts("age group", stats.age_group, stats.rows)
-    lines += speech.lines() if speech else []
+        lines += _images(plots, "demographics.png")
+    if speech and speech.rows:
+        lines += speech.lines() + _images(plots, "durations.png", "voices.png")
     if any(rejected.values()):
         lines += ["## Rejected on the way, by stage and reason", "", "| stage | reason | rows |", "|---|---|---|"]
         lines += [f"| {st} | {reason} | {n} |" for st, reasons in rejected.items() for reason, n in sorted(reasons.items())]
-        lines.append("")
+        lines += ["", *_images(plots, "rejections.png")]
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
     RUN/datasets/<name>/data/train-00003-of-00008.parquet   one file per shard with rows
     RUN/datasets/<name>/README.md                           dataset card (YAML header + stats)
+    RUN/datasets/<name>/plots/*.png                         the card's plots (pipeline.plots)
     RUN/datasets/<name>/sharegpt/train.jsonl, train.json    (spoken datasets, `sharegpt: true`)
     RUN/datasets/<name>/sharegpt/audio/<turn id>.flac       the audio those files point to
     RUN/datasets/<name>/_EXPORTED.json                      ExportMarker, written last
@@ -29,6 +30,7 @@ import pyarrow.parquet as pq
 
 from actors.audio import RATE
 from pipeline.card import DialogueStats, Sizes, SpeechStats, render_card
+from pipeline.plots import card_plots, render
 from storage.markers import ExportMarker, FileEntry, ShardSeal
 from storage.rundir import DATASETS, RunDir, parquet_bytes, sha256
 
@@ -101,7 +103,11 @@ def export_stage(
     rejected = {st: sum((Counter(seal.rejected_by_reason) for seal in st_seals.values()), Counter())
                 for st, st_seals in all_seals.items()}
     parquet_size = sum(f.bytes for f in files if f.path.endswith(".parquet"))
-    card = render_card(name, stage, Sizes(rows, arrow_bytes, parquet_size), stats, rejected, speech)
+    plots = card_plots(stats, speech, rejected)
+    for plot in plots:
+        files.append(_write(rundir, f"{base}/{plot.path}", render(plot), 1))
+    card = render_card(name, stage, Sizes(rows, arrow_bytes, parquet_size), stats, rejected, speech,
+                       {plot.file: plot.alt for plot in plots})
     rundir.write_bytes_rel(f"{base}/README.md", card.encode())
     marker = ExportMarker(name=name, stage=stage, fingerprint=fingerprint, files=files, rows=rows, exported_at=time.time())
     rundir.write_model(f"{base}/{EXPORTED}", marker)
