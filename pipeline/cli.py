@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -134,17 +135,20 @@ def _fmt_eta(seconds: float | None) -> str:
 def _print_status(uri: str) -> None:
     status = run_status(RunDir(uri))
     table = Table(title=f"{uri} — {'running: ' + status.holder if status.running else 'not running'}")
-    for column in ("stage", "shards", "in", "out", "rejected", "rows/s", "ETA"):
+    for column in ("stage", "shards", "in", "out", "rejected", "rows/s", "ETA", "GPUs", "GPU-h"):
         table.add_column(column, justify="left" if column == "stage" else "right")
     for s in status.stages:
         table.add_row(s.name, f"{s.shards_sealed}/{s.shards}", str(s.rows_in), str(s.rows_out), str(s.rows_rejected),
-                      f"{s.rows_per_s:.1f}" if s.rows_per_s else "-", "done" if s.done else _fmt_eta(s.eta_s))
+                      f"{s.rows_per_s:.1f}" if s.rows_per_s else "-", "done" if s.done else _fmt_eta(s.eta_s),
+                      f"{s.num_gpus:g}" if s.num_gpus else "-", f"{s.gpu_hours:.3g}" if s.num_gpus else "-")
     out.print(table)
+    out.print(f"ETA {'done' if all(s.done for s in status.stages) else _fmt_eta(status.eta_s)}; "
+              f"GPU-hours so far {status.gpu_hours:.3g} (busy time of committed micro-batches × GPUs per actor)")
 
 
 @app.command()
 def status(run_uri: Annotated[str, typer.Argument(help="run directory")], as_json: AsJson = False) -> None:
-    """Per-stage progress, throughput and ETA, read from the run directory."""
+    """Per-stage progress, throughput, ETA and GPU-hours so far, read from the run directory."""
     try:
         if as_json:
             out.print_json(json.dumps(run_status(RunDir(run_uri)).to_dict()))
@@ -191,6 +195,54 @@ def verify_cmd(run_uri: Annotated[str, typer.Argument(help="run directory")], as
         out.print("[green]ok[/green]: every file matches its marker" if not problems else f"{len(problems)} problem(s)")
     if problems:
         raise typer.Exit(EXIT_FAILED)
+
+
+@app.command(name="plan")
+def plan_cmd(
+    config: Annotated[Path, typer.Argument(help="pipeline config (YAML)")],
+    calibrate: Annotated[int, typer.Option("--calibrate", min=1, help="records the calibration run processes, "
+                                           "drawn from each source by its share of the full input")] = 256,
+    calibration_run: Annotated[Optional[str], typer.Option(
+        "--calibration-run", help="keep the calibration run here (reused if it exists); default a temporary local "
+        "folder. On a cluster of several nodes give a URI every node reads (s3://...)")] = None,
+    inputs_run: Annotated[Optional[str], typer.Option(
+        "--inputs-run", help="commit the full ingest plan here to count the input, or reuse a finished one of this "
+        "config (e.g. the real run's); default a temporary local folder")] = None,
+    address: Address = None,
+    as_json: AsJson = False,
+) -> None:
+    """GPU-hours and wall time of a full run: per-row costs from a short calibration run,
+    extrapolated to the full input with the config's actors and GPUs."""
+    from pipeline.costplan import PlanError, plan_run
+
+    _logging(False)
+    try:
+        cfg = load_config(str(config))
+        plan = plan_run(cfg, records=calibrate, calibration_uri=calibration_run, inputs_uri=inputs_run, address=address)
+    except (ConfigError, PlanError) as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except (PipelineError, RunLocked) as exc:
+        _fail(f"the calibration run failed: {exc}", EXIT_FAILED)
+    if as_json:
+        out.print_json(json.dumps(plan.to_dict()))
+        return
+    table = Table(title=f"{config}: {plan.inputs} input records, {cfg.num_shards} shards "
+                  f"(calibrated on {plan.calibration['records']})")
+    for column in ("stage", "actors × GPUs", "rows in", "pass", "s/row/actor", "wall", "GPU-hours"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for s in plan.stages:
+        table.add_row(s.name, f"{s.actors} × {s.num_gpus:g}", str(s.rows_in),
+                      f"{s.pass_ratio:.3f}" if s.pass_ratio is not None else "?",
+                      f"{s.s_per_row:.4g}" if s.s_per_row is not None else "?", _fmt_eta(s.wall_s), f"{s.gpu_hours:.1f}")
+    out.print(table)
+    slowest = next((s for s in plan.stages if s.name == plan.bottleneck), None)
+    out.print(f"wall time ≈ {_fmt_eta(plan.wall_s)}: planning {_fmt_eta(plan.plan_s)} + fill {_fmt_eta(plan.fill_s)} + "
+              f"{slowest.name if slowest else '-'} {_fmt_eta(slowest.wall_s if slowest else 0)} (the slowest stage) "
+              f"+ drain {_fmt_eta(plan.drain_s)}", soft_wrap=True)
+    out.print(f"GPU-hours: {plan.gpu_hours:.1f} of work; {plan.gpu_hours_held:.1f} held by the run's actors", soft_wrap=True)
+    out.print(f"model: {plan.model}", soft_wrap=True, highlight=False)
+    for warning in plan.warnings:
+        out.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
 
 
 @app.command()
@@ -244,8 +296,9 @@ def demo(
     if importlib.util.find_spec("vllm") is None:
         _fail("the demo's LLM stages need the CPU engines: pip install -e '.[local]' (see the README)", EXIT_USAGE)
     from pipeline.demo import demo_config, demo_model
+    from pipeline.demo.voices import demo_voice_assets
 
-    cfg = demo_config(model or demo_model())
+    cfg = demo_config(model or demo_model(), *demo_voice_assets())
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB per engine: plenty for the sample
     if model is None:
         err.print("[yellow]note:[/yellow] the LLM stages run on a tiny random model: their answers are schema-valid "
@@ -253,7 +306,80 @@ def demo(
                   "Pass --model /path/to/Qwen2.5-7B-Instruct (or configure a real checkpoint) for real data.")
     _execute(cfg, run_uri, f"speechmed demo --run {run_uri}", address, as_json)
     if not as_json:
-        out.print(f"load it: datasets.load_dataset('{run_uri}/datasets/TextMedDataset')")
+        out.print(f"load them: datasets.load_dataset('{run_uri}/datasets/TextMedDataset'), "
+                  f"datasets.load_dataset('{run_uri}/datasets/SpeechMedDataset')", soft_wrap=True)
+
+
+@app.command()
+def train(
+    stage: Annotated[str, typer.Option("--stage", help="1 (LLM core on text), 2a (projector + LLM core on speech in, "
+                                       "text out, 1:1 with text Q&A) or 2b (speech generator on response units)")],
+    run_uri: RunUri,
+    model: Annotated[str, typer.Option("--model", help="a SpeechLM folder (training.model.assemble_speechlm, or an "
+                                       "earlier stage's --out)")],
+    out_dir: Annotated[Optional[str], typer.Option("--out", help="checkpoints and the trained model; default MODEL-stageSTAGE")] = None,
+    max_steps: Annotated[int, typer.Option(help="optimizer steps (overrides --epochs when > 0)")] = -1,
+    epochs: Annotated[float, typer.Option()] = 1.0,
+    lr: Annotated[float, typer.Option("--lr", help="peak learning rate")] = 1e-5,
+    lr_scheduler: Annotated[str, typer.Option(help="linear, cosine, constant or constant_with_warmup")] = "cosine",
+    warmup_steps: Annotated[int, typer.Option()] = 0,
+    weight_decay: Annotated[float, typer.Option()] = 0.0,
+    batch_size: Annotated[int, typer.Option(help="examples per worker and step")] = 1,
+    grad_accum: Annotated[int, typer.Option(help="gradient accumulation steps")] = 1,
+    save_steps: Annotated[int, typer.Option(help="a checkpoint-<step> folder every N steps")] = 500,
+    logging_steps: Annotated[int, typer.Option()] = 10,
+    seed: Annotated[int, typer.Option()] = 0,
+    resume: Annotated[Optional[str], typer.Option(help="'latest' (newest checkpoint in --out) or a checkpoint folder")] = None,
+    bf16: Annotated[bool, typer.Option("--bf16", help="bfloat16 mixed precision (GPUs)")] = False,
+    workers: Annotated[int, typer.Option(help="Ray Train workers (one GPU each with --gpu)")] = 1,
+    gpu: Annotated[bool, typer.Option("--gpu", help="train on GPUs")] = False,
+    max_length: Annotated[int, typer.Option(help="longest example in LLM positions; longer dialogues are skipped")] = 4096,
+    max_examples: Annotated[Optional[int], typer.Option(help="train on the first N examples only")] = None,
+    text_dataset: Annotated[str, typer.Option(help="the run's text export")] = "TextMedDataset",
+    speech_dataset: Annotated[str, typer.Option(help="the run's speech export")] = "SpeechMedDataset",
+    local: Annotated[bool, typer.Option("--local", help="train in this process, without Ray Train")] = False,
+    address: Address = None,
+    as_json: AsJson = False,
+) -> None:
+    """Train a SpeechLM stage on a run's sealed exports (HF Trainer inside Ray Train's TorchTrainer)."""
+    from pydantic import ValidationError
+
+    from training.data import DataOptions, StageRefused
+    from training.run import TrainOptions, preflight
+    from training.run import train as run_training
+
+    _logging(False)
+    try:
+        options = TrainOptions(
+            stage=stage, run=run_uri, model=model, out=out_dir or f"{model.rstrip('/')}-stage{stage}",
+            max_steps=max_steps, epochs=epochs, learning_rate=lr, lr_scheduler=lr_scheduler, warmup_steps=warmup_steps,
+            weight_decay=weight_decay, batch_size=batch_size, grad_accum=grad_accum, save_steps=save_steps,
+            logging_steps=logging_steps, seed=seed, resume=resume, bf16=bf16, workers=workers, gpu=gpu,
+            data=DataOptions(text_dataset=text_dataset, speech_dataset=speech_dataset, max_length=max_length,
+                             max_examples=max_examples, seed=seed))
+        preflight(options)
+    except ValidationError as exc:
+        _fail("; ".join(f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()), EXIT_USAGE)
+    except (StageRefused, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc), EXIT_USAGE)
+    try:
+        # The Trainer prints its logs to stdout: keep stdout for the report (--json).
+        with contextlib.redirect_stdout(sys.stderr):
+            report = run_training(options, local=local, address=address)
+    except StageRefused as exc:  # found once the data is read (e.g. no usable example)
+        _fail(str(exc), EXIT_USAGE)
+    if as_json:
+        out.print_json(report.model_dump_json())
+        return
+    table = Table("part", "trainable", "frozen", title=f"stage {report.stage}: parameters")
+    for part, count in report.parts.items():
+        table.add_row(part, f"{count.trainable:,}", f"{count.frozen:,}")
+    out.print(table)
+    losses = f"loss {report.losses[0]:.4f} → {report.losses[-1]:.4f}" if report.losses else "no loss logged"
+    out.print(f"{report.steps} steps on {', '.join(f'{n} {k}' for k, n in report.examples.items())} examples, {losses}")
+    if report.skipped:
+        out.print("left out: " + ", ".join(f"{reason} {n}" for reason, n in sorted(report.skipped.items())))
+    out.print(f"model and checkpoints in {report.out}")
 
 
 voices_app = typer.Typer(no_args_is_help=True, help="The reference-voice pool (Aishell-2/3) that voice matching draws from.")

@@ -84,17 +84,31 @@ def _children(proc: psutil.Process) -> list[psutil.Process]:
 
 
 @contextlib.contextmanager
-def local_head(num_cpus: int | None = None, *, dashboard: bool = False) -> Iterator[str]:
+def local_head(num_cpus: int | None = None, *, num_gpus: int | None = None, dashboard: bool = False,
+               dashboard_port: int | None = None) -> Iterator[str]:
     """A real `ray start --head` on 127.0.0.1 with a private temp dir, for tests and
-    benchmarks; yields its address and stops exactly that cluster afterwards."""
+    benchmarks; yields its address and stops exactly that cluster afterwards.
+
+    `dashboard` starts the dashboard (job submission needs it) on 127.0.0.1, at
+    `dashboard_port` if given: Ray's default port would clash with any other head on the
+    machine. `num_gpus` declares logical GPUs (tests of GPU accounting on a CPU machine:
+    Ray schedules on them, nothing uses a device)."""
     env = {**os.environ, **LOOPBACK_ENV}
     temp_dir = tempfile.mkdtemp(prefix="smray-")  # short: Ray's socket paths have a length limit
     port = _free_port()
     cmd = ["ray", "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
            f"--temp-dir={temp_dir}", "--disable-usage-stats"]
     cmd += ["--dashboard-host=127.0.0.1"] if dashboard else ["--include-dashboard=false"]
+    if dashboard:
+        # The node's dashboard agent (it runs submitted jobs) would otherwise take the fixed
+        # port 52365, and a second head on the machine would run no jobs.
+        cmd.append(f"--dashboard-agent-listen-port={_free_port()}")
+        if dashboard_port is not None:
+            cmd.append(f"--dashboard-port={dashboard_port}")
     if num_cpus is not None:
         cmd.append(f"--num-cpus={num_cpus}")
+    if num_gpus is not None:
+        cmd.append(f"--num-gpus={num_gpus}")
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=120)
     try:
         yield f"127.0.0.1:{port}"

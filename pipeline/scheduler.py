@@ -5,7 +5,8 @@ flight), never rows. A shard of a stage becomes active once the same shard of th
 before it is sealed, so stages overlap; at most `max_shards_in_flight` shards per stage are
 active (backpressure). Each actor has up to `parts_in_flight_per_actor` micro-batches
 queued so it never idles between calls. A call past its deadline restarts its actor; a
-dead actor's calls are re-dispatched; a part that keeps failing stops the run.
+dead actor's calls are re-dispatched; a part that keeps failing stops the run. Per-stage
+metrics (`pipeline.metrics`) are recorded here, where every commit is seen.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from actors.registry import stage_class
 from actors.worker import PartRunner, StageSpec
 from pipeline.config import Resources
+from pipeline.metrics import PipelineMetrics
 from storage.markers import PartCommit, ShardSeal
 from storage.rundir import CommitRefused, RunDir
 
@@ -94,6 +96,7 @@ class Scheduler:
         self.fence = fence
         self.session = session
         self.on_progress = on_progress or (lambda stage, event: None)
+        self.metrics = PipelineMetrics(rundir.uri, [spec.name for spec in specs])
         self.ingest_seals: dict[int, ShardSeal] = {}
         self.plan: ray.ObjectRef | None = None
         self.pools: list[_StagePool] = []
@@ -188,6 +191,7 @@ class Scheduler:
         work.commits[call.part] = commit
         pool.parts_run += 1
         pool.rows_run += commit.rows_in
+        self.metrics.committed(commit)
         self.on_progress(pool.spec.name, commit)
         self._seal_if_done(pool, work)
 
@@ -262,7 +266,9 @@ class Scheduler:
                     else:
                         self._finish_call(ref)
                 self._expire()
+                self.metrics.refresh({p.spec.name: (len(p.active), sum(p.queued)) for p in self.pools})
         finally:
+            self.metrics.finish()
             # Let engines shut their own processes down first: killing the actor alone can
             # leave an engine's worker processes (and their GPU memory) behind.
             actors = [actor for pool in self.pools for actor in pool.actors]

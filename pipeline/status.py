@@ -1,8 +1,11 @@
-"""Progress of a run, read from storage alone (works while a job runs elsewhere)."""
+"""Progress of a run, read from storage alone (works while a job runs elsewhere): per stage,
+shards sealed, rows in / out / rejected, throughput, ETA and the GPU-hours spent so far."""
 
 from __future__ import annotations
 
 import time
+from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 from pipeline.plan import INGEST
@@ -22,6 +25,8 @@ class StageStatus:
     rows_per_s: float | None
     eta_s: float | None
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    num_gpus: float = 0.0
+    gpu_hours: float = 0.0
 
     @property
     def done(self) -> bool:
@@ -40,8 +45,12 @@ class RunStatus:
         etas = [s.eta_s for s in self.stages if not s.done]
         return None if not etas or None in etas else max(e for e in etas if e is not None)
 
+    @property
+    def gpu_hours(self) -> float:
+        return sum(s.gpu_hours for s in self.stages)
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "eta_s": self.eta_s}
+        return {**asdict(self), "eta_s": self.eta_s, "gpu_hours": self.gpu_hours}
 
 
 def _rate(commits: list[PartCommit]) -> float | None:
@@ -55,11 +64,57 @@ def _rate(commits: list[PartCommit]) -> float | None:
     return sum(c.rows_in for c in mine) / span if span > 0 else None
 
 
+def busy_seconds(intervals: Iterable[tuple[float, float]]) -> float:
+    """Length of the union of [start, end] intervals: overlapping time counted once."""
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(intervals):
+        if stop <= end:
+            continue
+        total += stop - max(start, end)
+        end = stop
+    return total
+
+
+def gpu_hours(commits: Iterable[PartCommit], num_gpus: float) -> float:
+    """GPU-hours a stage's committed parts kept their actors' GPUs busy.
+
+    A part ran over [committed_at − elapsed_s, committed_at] in the process that committed
+    it (`worker`, host:pid, in driver `session`). One process is one actor holding
+    `num_gpus` GPUs for its life, and micro-batches in flight at once in it
+    (parts_in_flight_per_actor on a concurrent stage) share those GPUs. So per
+    (session, worker) the busy time is the union of its parts' intervals, not their sum,
+    and GPU-hours = Σ over workers of busy seconds × num_gpus / 3600. A restarted actor is
+    a new process, hence a new worker.
+
+    What it leaves out, so it is a lower bound on the GPU-hours billed: engine load time,
+    idle gaps between micro-batches, and work that was never committed (a part lost to a
+    crash or a timeout, or overwritten when redone: only its last commit is on storage).
+    Reserved GPU-hours (actors × num_gpus × wall time) is the upper bound. `elapsed_s`
+    ends just before the part's files are written and `committed_at` just after, so each
+    interval sits later than the work by the write time, which leaves its length right.
+    """
+    if not num_gpus:
+        return 0.0
+    by_worker: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for c in commits:
+        by_worker[(c.session, c.worker)].append((c.committed_at - c.elapsed_s, c.committed_at))
+    return sum(busy_seconds(intervals) for intervals in by_worker.values()) * num_gpus / 3600
+
+
+def stage_gpus(config: dict) -> dict[str, float]:
+    """GPUs per actor of each stage, from a run's config snapshot (run.json).
+
+    Commit markers do not record the resources their actor held; resources never change a
+    fingerprint, so a run resumed with other `num_gpus` is counted at the latest value."""
+    return {s["name"]: float(s.get("resources", {}).get("num_gpus", 0)) for s in config.get("stages", [])}
+
+
 def run_status(rundir: RunDir) -> RunStatus:
     info = rundir.run_info()
     if info is None:
         raise FileNotFoundError(f"{rundir.uri} is not a speechmed run (no run.json)")
     num_shards = info.config["num_shards"]
+    gpus = stage_gpus(info.config)
     holder = rundir.lock().holder()
     stages: list[StageStatus] = []
     expected: int | None = None
@@ -77,6 +132,7 @@ def run_status(rundir: RunDir) -> RunStatus:
             rows_expected=None if name == INGEST and len(seals) < num_shards else (
                 sum(s.rows_in for s in seals.values()) if name == INGEST else expected),
             rows_per_s=_rate(commits), eta_s=None, rejected_by_reason=reasons,
+            num_gpus=gpus.get(name, 0.0), gpu_hours=gpu_hours(commits, gpus.get(name, 0.0)),
         )
         if status.done:
             status.rows_expected, status.eta_s = status.rows_in, 0.0
