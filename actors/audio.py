@@ -2,6 +2,14 @@
 
 Everything the pipeline stores is 16 kHz mono float32 in [-1, 1] until it is encoded as
 FLAC (16-bit) in the Hugging Face `Audio` layout.
+
+Recordings read from outside (cough and noise clips, reference voices) go through
+`load_audio`, which refuses what cannot be used with a reason code (`BadAudio`) instead of
+passing it on: not audio, no samples, longer than the caller allows (judged from the
+header, before decoding), or samples that are NaN or infinite (float WAVs can hold them;
+one NaN spreads through resampling, loudness matching and mixing, and 16-bit FLAC cannot
+store it). Non-finite samples are refused rather than zeroed: a file holding them is
+broken, and silently repairing it would hide that.
 """
 
 from __future__ import annotations
@@ -27,7 +35,11 @@ def to_mono_16k(samples: np.ndarray, rate: int) -> np.ndarray:
 
 
 def flac_bytes(samples: np.ndarray, rate: int = RATE) -> bytes:
-    """16-bit FLAC of the samples, clipped to [-1, 1] first (PCM_16 wraps otherwise)."""
+    """16-bit FLAC of the samples, clipped to [-1, 1] first (PCM_16 wraps otherwise).
+    ValueError for NaN or infinite samples (libsndfile fails on them with a bare assertion)."""
+    if not np.isfinite(samples).all():
+        raise ValueError(f"{int(np.size(samples) - np.isfinite(samples).sum())} of {np.size(samples)} samples are NaN "
+                         "or infinite; such audio cannot be encoded")
     buffer = io.BytesIO()
     soundfile.write(buffer, np.clip(samples, -1.0, 1.0), rate, format="FLAC", subtype="PCM_16")
     return buffer.getvalue()
@@ -36,6 +48,36 @@ def flac_bytes(samples: np.ndarray, rate: int = RATE) -> bytes:
 def decode(data: bytes) -> tuple[np.ndarray, int]:
     samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=False)
     return samples, rate
+
+
+class BadAudio(ValueError):
+    """Audio that cannot be used: `code` is the reason code, the message names the file."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def load_audio(data: bytes, where: str, *, max_s: float | None = None) -> np.ndarray:
+    """Encoded audio (WAV, FLAC, OGG; any rate, any number of channels) as checked 16 kHz
+    mono float32. BadAudio, naming `where`, with code `unreadable_audio` (not audio
+    soundfile reads, or cut off inside its frames), `empty_audio` (no samples), `too_long`
+    (over `max_s` seconds) or `non_finite` (NaN or infinite samples)."""
+    try:
+        info = soundfile.info(io.BytesIO(data))
+        if max_s is not None and info.samplerate and info.frames / info.samplerate > max_s:
+            raise BadAudio("too_long", f"{where}: {info.frames / info.samplerate:.1f} s, over the {max_s:g} s allowed "
+                           "here; cut it or remove it")
+        samples, rate = decode(data)
+    except (soundfile.LibsndfileError, RuntimeError) as exc:
+        raise BadAudio("unreadable_audio", f"{where}: not readable audio ({exc}); replace or remove the file") from None
+    if not samples.size:
+        raise BadAudio("empty_audio", f"{where}: the file holds no samples; replace or remove it")
+    bad = int(samples.size - np.isfinite(samples).sum())
+    if bad:
+        raise BadAudio("non_finite", f"{where}: {bad} of {samples.size} samples are NaN or infinite (a broken float "
+                       "recording); replace or remove the file")
+    return to_mono_16k(samples, rate)
 
 
 def rms_db(samples: np.ndarray) -> float:

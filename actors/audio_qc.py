@@ -70,6 +70,13 @@ def qc_scores(samples: np.ndarray, rate: int, text: str, *, inserted_s: float = 
                     leading_silence_s=round(leading, 4), trailing_silence_s=round(trailing, 4))
 
 
+def signal_problems(samples: np.ndarray) -> list[str]:
+    """What makes samples unusable whatever their scores: NaN or infinite values (an engine
+    in half precision can emit them; no score is meaningful then and FLAC cannot hold them)."""
+    bad = int(np.size(samples) - np.isfinite(samples).sum())
+    return [f"non_finite: {bad} of {np.size(samples)} samples are NaN or infinite"] if bad else []
+
+
 def qc_problems(scores: QCScores, params: QCParams) -> list[str]:
     """Every bound the turn breaks; empty = it passes."""
     problems = []

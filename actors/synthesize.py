@@ -29,7 +29,14 @@ taken from the audio that was kept, not sampled separately, so units and audio a
 
 A dialogue whose audio cannot be made (a cough placeholder with no cough clips configured,
 an engine error on its text) is rejected whole with the reason, so a dialogue is never
-half spoken.
+half spoken. An attempt whose audio holds NaN or infinite samples (a half-precision engine
+can emit them) fails its checks like any other and is synthesised again.
+
+Cough and noise folders are checked when the stage loads (`load_clips`): every audio file
+in them must decode, hold finite samples and, for coughs, last at most `MAX_COUGH_S`; a
+link leading out of the folder is not followed. A folder breaking these rules stops the
+run with every bad file named, rather than splicing a broken or minutes-long "cough" into
+turns or leaving files out unseen. The doctor's reference clip is checked the same way.
 """
 
 from __future__ import annotations
@@ -39,16 +46,23 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from actors.audio import RATE, decode, flac_bytes, mix_at_snr, splice, to_mono_16k
-from actors.audio_qc import QCParams, qc_problems, qc_scores, with_asr
+from actors.audio import RATE, BadAudio, flac_bytes, load_audio, mix_at_snr, splice, to_mono_16k
+from actors.audio_qc import QCParams, qc_problems, qc_scores, signal_problems, with_asr
 from actors.base import Stage, StageParams, StageResult
 from actors.engines.asr import build_asr
 from actors.engines.tts import DialogueVoice, TTSConfig, TTSEngine, build_tts
 from actors.rewrite_rules import COUGH
 from schemas import AudioData, CoughSplice, NoisyCopy, SourceDialogue, SynthesizedTurn, VoiceChoice
-from storage.fs import list_files, read_bytes, resolve
+from actors.voices.pool import MAX_CLIP_S
+from storage.fs import read_bytes, resolve, walk_files
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+# A cough lasts a second or two and COUGHVID clips are at most about 10 s: a longer "cough"
+# is the wrong file, and spliced in whole it would fill a turn with minutes of it.
+MAX_COUGH_S = 20.0
+# Noise beds are looped to each turn's length, so a long one costs only memory (16 kHz
+# float32, about 4 MB a minute, per actor): an hour is the bound.
+MAX_NOISE_S = 3600.0
 # The doctor is a medical assistant: by default a random timbre fixed by this seed.
 ASSISTANT_VOICE = VoiceChoice(engine="random_timbre", match="none", seed=20_250_301, speaker_gender="female",
                               speaker_age_group="adult")
@@ -106,8 +120,10 @@ class SynthesizeStage(Stage[SourceDialogue, SynthesizedTurn]):
         random = self.params.random_timbre_engine
         self.engines = {"zero_shot": zero_shot,
                         "random_timbre": (random.kind, build_tts(random)) if random else zero_shot}
-        self.coughs = load_clips(self.params.cough_dir, "cough_dir") if self.params.cough_dir else []
-        self.noises = load_clips(self.params.noise_dir, "noise_dir") if self.params.noise_dir else []
+        self.coughs = load_clips(self.params.cough_dir, "cough_dir", MAX_COUGH_S) if self.params.cough_dir else []
+        self.noises = load_clips(self.params.noise_dir, "noise_dir", MAX_NOISE_S) if self.params.noise_dir else []
+        if self.params.doctor_voice is not None:
+            check_clip(self.params.doctor_voice.path, "doctor_voice")
         self.asr = build_asr(self.params.qc.asr) if self.params.qc.asr else None
 
     def fingerprint_extra(self) -> dict[str, Any]:
@@ -115,7 +131,7 @@ class SynthesizeStage(Stage[SourceDialogue, SynthesizedTurn]):
         for name, folder in (("coughs", self.params.cough_dir), ("noises", self.params.noise_dir)):
             if folder:
                 loc = resolve(folder)
-                extra[name] = sorted((loc.rel(p), size) for p, size in list_files(loc, loc.root).items())
+                extra[name] = sorted((loc.rel(p), size) for p, size in walk_files(loc, loc.root).files.items())
         return extra
 
     def close(self) -> None:
@@ -153,7 +169,7 @@ class SynthesizeStage(Stage[SourceDialogue, SynthesizedTurn]):
             audio, spans = splice([self._speak(p, voice, seed, dialogue_voice) for p in pieces], [c for _, c in chosen],
                                   self.params.crossfade_s)
             scores = qc_scores(audio, RATE, text, inserted_s=sum(s.duration_s for s in spans), silence_db=qc.silence_db)
-            problems = qc_problems(scores, qc)
+            problems = signal_problems(audio) or qc_problems(scores, qc)
             if not problems and self.asr is not None and scores.spoken_chars:
                 # The spliced audio, coughs included, is what users get; `cer` drops the
                 # placeholders from the text. Only audio that passed the cheap checks is heard.
@@ -210,16 +226,41 @@ class SynthesizeStage(Stage[SourceDialogue, SynthesizedTurn]):
         return result
 
 
-def load_clips(folder: str, what: str) -> list[tuple[str, np.ndarray]]:
-    """Every audio file under `folder` (sorted by path), as (path relative to it, 16 kHz mono)."""
+def load_clips(folder: str, what: str, max_s: float | None = None) -> list[tuple[str, np.ndarray]]:
+    """Every audio file under `folder` (sorted by path), as (path relative to it, 16 kHz mono).
+
+    ValueError naming every file that breaks the rules (`load_audio`'s, at most `max_s`
+    seconds when given, no link out of the folder) and what to do: a folder of clips is all used or
+    not at all."""
     loc = resolve(folder)
-    clips = []
-    for path in sorted(p for p in list_files(loc, loc.root) if p.lower().endswith(AUDIO_SUFFIXES)):
-        samples, rate = decode(read_bytes(loc, path))
-        clips.append((loc.rel(path), to_mono_16k(samples, rate)))
+    walk = walk_files(loc, loc.root)
+    clips, bad = [], [f"{loc.rel(link)}: a symbolic link to {target}, outside {what} (not followed)"
+                      for link, target in walk.escaped.items()]
+    for path in (p for p in walk.files if p.lower().endswith(AUDIO_SUFFIXES)):
+        try:
+            clips.append((loc.rel(path), load_audio(read_bytes(loc, path), loc.rel(path), max_s=max_s)))
+        except BadAudio as exc:
+            bad.append(f"[{exc.code}] {exc}")
+    if bad:
+        shown = "; ".join(bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+        limit = f", at most {max_s:g} s each" if max_s is not None else ""
+        raise ValueError(f"{what} {folder}: {len(bad)} file(s) cannot be used: {shown}. Remove or replace them (every "
+                         f"audio file in {what} is used{limit})")
     if not clips:
         raise ValueError(f"{what} {folder}: no {'/'.join(AUDIO_SUFFIXES)} files")
     return clips
+
+
+def check_clip(path: str, what: str) -> None:
+    """ValueError naming `path` if the reference clip cannot prompt a voice (`load_audio`'s
+    rules, at most the pool's MAX_CLIP_S)."""
+    loc = resolve(path)
+    try:
+        load_audio(read_bytes(loc, loc.root), f"{what} {path}", max_s=MAX_CLIP_S)
+    except FileNotFoundError:
+        raise ValueError(f"{what} {path}: no such file") from None
+    except BadAudio as exc:
+        raise ValueError(f"[{exc.code}] {exc}") from None
 
 
 class _Unspeakable(Exception):

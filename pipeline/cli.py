@@ -422,7 +422,10 @@ def voices_build(
     for name, root in corpora.items():
         if not exists(resolve(root), resolve(root).root):
             _fail(f"--{name} {root}: no such folder", EXIT_USAGE)
-    info = build_pool(corpora, out_dir)  # type: ignore[arg-type]
+    try:
+        info = build_pool(corpora, out_dir)  # type: ignore[arg-type]
+    except FileNotFoundError as exc:  # a root without the corpus's files: nothing was written
+        _fail(str(exc), EXIT_USAGE)
     _print_pool(out_dir, info, as_json)
 
 

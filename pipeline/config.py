@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from actors.engines.llm import SECRET_ERROR
 from actors.registry import STAGE_KINDS, stage_class
 from actors.sources import SOURCE_FORMATS, SourceRef, source_format
 from schemas import Treatment
@@ -42,6 +43,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _not_dots(value: str) -> str:
+    """A name that becomes a folder or file name in the run directory (an export's folder,
+    a source's record ids) must not be `.` or `..`: an export named `..` would write, and
+    on a re-export delete, the run directory itself."""
+    if set(value) == {"."}:
+        raise ValueError(f"{value!r} is not a usable name (it would be a path to a parent folder); use letters, digits, "
+                         "'_', '-' or '.'")
+    return value
+
+
 class SourceConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     format: str
@@ -50,6 +61,8 @@ class SourceConfig(_Strict):
     sample_ratio: float = Field(1.0, gt=0, le=1, description="share kept, chosen by a hash of (seed, id)")
     limit: int | None = Field(None, ge=1, description="at most this many, the lowest sampling hashes")
     options: dict[str, Any] = {}
+
+    _name = field_validator("name")(_not_dots)
 
     @field_validator("format")
     @classmethod
@@ -138,6 +151,8 @@ class ExportConfig(_Strict):
     sharegpt: bool = Field(False, description="a spoken dataset (synthesize stage) also as ShareGPT JSON(L) with audio "
                            "files, joined with the dialogues the stage read")
 
+    _name = field_validator("name")(_not_dots)
+
 
 class PipelineConfig(_Strict):
     seed: int = 0
@@ -195,7 +210,8 @@ def _what(error: Any, model: type[BaseModel]) -> str:
         return "required key is missing"
     message = error["msg"].removeprefix("Value error, ")
     value = error.get("input")
-    plain = not isinstance(value, (dict, list)) and value is not None
+    # A value that may be a secret (an API key where a variable name belongs) is never echoed.
+    plain = not isinstance(value, (dict, list)) and value is not None and error["type"] != SECRET_ERROR
     shown = f" (got {value!r})" if plain and str(value) not in message else ""
     return f"{message}{shown}"
 

@@ -62,7 +62,7 @@ def ingest_one(fmt: str, path: str, out: Path, *, name: str | None = None,
     accepted = _BatchWriter(out / "accepted.parquet", SourceDialogue)
     rejected = _BatchWriter(out / "rejected.parquet", Rejection)
     try:
-        for item in cls().read(ref):
+        for item in cls().items(ref):
             report.read += 1
             if item.dialogue is not None:
                 accepted.add(item.dialogue)

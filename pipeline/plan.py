@@ -109,7 +109,7 @@ def _read_and_sample(config: PipelineConfig, spill: _Spill, counts: _Counts, lim
     order = 0
     for source in config.sources:
         ref = source.ref()
-        for item in source_format(source.format)().read(ref):
+        for item in source_format(source.format)().items(ref):
             counts.add(ref.name, "read")
             if item.dialogue is None:
                 rejection = item.rejection(ref.name)

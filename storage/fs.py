@@ -86,6 +86,81 @@ def list_files(loc: Location, path: str) -> dict[str, int]:
     }
 
 
+@dataclass(frozen=True)
+class Walk:
+    """The files found under a data folder: those inside it, and those a link leads out of it."""
+
+    files: dict[str, int]  # absolute path -> size, sorted by path
+    escaped: dict[str, str]  # absolute path -> where it leads (MISSING_TARGET for a dangling link)
+
+
+MISSING_TARGET = "a missing target"
+
+
+def walk_files(loc: Location, path: str) -> Walk:
+    """Every file under the folder `path` (recursive), for readers of data folders.
+
+    The rule for data the pipeline finds by walking a folder (source corpora, cough and
+    noise clips, voice-pool clips): a file counts only if it really lies inside the folder.
+    A symbolic link (to a file or a folder) whose target resolves outside it is not
+    followed: it is listed in `escaped`, for the caller to report with the file named, so a
+    corpus unpacked from an archive cannot pull in `~/.ssh/…` or `/etc/…` through a link,
+    and a link back to a parent folder cannot make the walk endless (pyarrow's recursive
+    listing follows such loops forever). Links that stay inside are followed once (a
+    folder reached twice is not walked twice). A path the user names in a config is theirs
+    to choose and is not checked. Object stores have no links: everything is inside.
+    """
+    if loc.fs.type_name != "local":
+        return Walk(dict(sorted(list_files(loc, path).items())), {})
+    root = os.path.realpath(path)
+    files: dict[str, int] = {}
+    escaped: dict[str, str] = {}
+    seen: set[str] = set()
+
+    def inside(real: str) -> bool:
+        return _within(root, real)
+
+    def visit(folder: str) -> None:
+        real_folder = os.path.realpath(folder)
+        if real_folder in seen:
+            return
+        seen.add(real_folder)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            return  # unreadable folder: nothing found in it (the reader reports what is missing)
+        for entry in entries:
+            full = f"{folder.rstrip('/')}/{entry.name}"
+            real = os.path.realpath(full)
+            if entry.is_symlink() and not inside(real):
+                escaped[full] = real if os.path.exists(real) else MISSING_TARGET
+            elif entry.is_dir():
+                visit(full)
+            elif entry.is_file():
+                files[full] = os.stat(full).st_size
+            elif entry.is_symlink():
+                escaped[full] = MISSING_TARGET  # a dangling link inside: nothing to read
+
+    if os.path.isdir(path):
+        visit(path)
+    return Walk(dict(sorted(files.items())), escaped)
+
+
+def _within(real_root: str, real: str) -> bool:
+    return real == real_root or real.startswith(real_root.rstrip("/") + "/")
+
+
+def leads_outside(root: str, path: str) -> str | None:
+    """Where the file `path`, found under the folder `root` by a naming convention rather
+    than a walk, really lies if that is outside `root` (through a link); None if inside.
+    `walk_files`' rule for one file; never for object stores."""
+    loc = resolve(root)
+    if loc.fs.type_name != "local":
+        return None
+    real = os.path.realpath(resolve(path).root)
+    return None if _within(os.path.realpath(loc.root), real) else real
+
+
 def is_temp(path: str) -> bool:
     """Whether a path is an in-progress temporary object of `write_bytes`."""
     return path.rsplit("/", 1)[-1].startswith(".tmp-")

@@ -36,7 +36,7 @@ import torch
 from pydantic import BaseModel
 from transformers import PreTrainedTokenizerBase, WhisperFeatureExtractor
 
-from actors.audio import RATE, decode, to_mono_16k
+from actors.audio import RATE, BadAudio, load_audio
 from pipeline.export import EXPORTED, NotExported, export_dir, read_export
 from storage.markers import ExportMarker
 from storage.rundir import RunDir
@@ -237,8 +237,12 @@ class StageDataset(torch.utils.data.Dataset):
         return len(self.data.examples)
 
     def log_mel(self, row: int) -> np.ndarray:
-        samples, rate = decode(self.data.audio[row].as_py())  # type: ignore[index]
-        samples = to_mono_16k(samples, rate)
+        try:
+            samples = load_audio(self.data.audio[row].as_py(), f"speech dataset row {row}")  # type: ignore[index]
+        except BadAudio as exc:
+            # The export matched its marker, so this is what the synthesize stage stored.
+            raise ValueError(f"{str(exc).split('; ')[0]} [{exc.code}]: the export matches its checksums, so the run "
+                             "stored it this way; run `speechmed verify` and re-run the synthesize stage") from None
         return self.features(samples, sampling_rate=RATE, return_tensors="np")["input_features"][0]
 
     def __getitem__(self, index: int) -> dict[str, Any]:

@@ -9,10 +9,20 @@ OpenAI-compatible endpoint, `actors.engines.openai_engine`).
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+# The error type of a config value that is, or may be, a secret: reported without the
+# value (pipeline.config shows other bad values; this one must never reach a terminal or log).
+SECRET_ERROR = "secret_value"
+# An environment variable's name as shells write them; a key (mixed case, dashes, dots) is not.
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,127}")
+_SECRET_KEYS = frozenset({"api_key", "key", "token", "secret", "password", "authorization", "headers", "openai_api_key"})
 
 
 class _Strict(BaseModel):
@@ -40,7 +50,14 @@ class LLMResponse(_Strict):
 
 class EngineConfig(_Strict):
     """Which engine a stage uses and how it is loaded; part of the stage's fingerprint
-    (except the fields that only change speed, see `output_fields`)."""
+    (except the fields that only change speed, see `output_fields`).
+
+    Secrets: the API key of an `openai` engine is read, on the node where the stage's actor
+    runs, from the environment variable `api_key_env` names. A config that carries a key
+    (an `api_key`-like field, a key-shaped `api_key_env`, credentials in `base_url`) is
+    refused without the value being repeated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     kind: Literal["vllm", "openai"] = "vllm"
     model: str = Field(description="vllm: a checkpoint folder; openai: the served model name")
@@ -55,6 +72,39 @@ class EngineConfig(_Strict):
     max_concurrency: int = Field(16, ge=1)
     request_timeout_s: float = Field(120, gt=0)
     max_retries: int = Field(8, ge=0)
+
+    # The config is stored whole in run.json and shown by error messages: a key in it would
+    # leak there. So a key is refused wherever it could be written (never echoed back).
+    @model_validator(mode="before")
+    @classmethod
+    def _no_key_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            named = sorted(k for k in data if str(k).lower() in _SECRET_KEYS)
+            if named:
+                raise PydanticCustomError(SECRET_ERROR, "{keys}: an API key never goes in a config (it would be stored in "
+                                          "run.json); put it in an environment variable and name the variable with "
+                                          "api_key_env, e.g. api_key_env: OPENAI_API_KEY", {"keys": ", ".join(named)})
+        return data
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _a_variable_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            raise PydanticCustomError(SECRET_ERROR, "api_key_env must be the NAME of an environment variable (upper "
+                                      "case, digits, underscores, e.g. OPENAI_API_KEY), never the key itself; the value "
+                                      "given is not one (not shown, in case it is a key)")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_credentials_in_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.username or parts.password or parts.query:
+                raise PydanticCustomError(SECRET_ERROR, "base_url must not carry credentials or a query string (it is "
+                                          "stored in run.json; not shown here); put the key in an environment variable "
+                                          "and name it with api_key_env")
+        return value
 
     def output_fields(self) -> dict[str, Any]:
         """What changes answers (the model), not how fast they come."""

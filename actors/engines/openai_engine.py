@@ -6,12 +6,18 @@ connections are retried with exponential backoff and jitter (honouring Retry-Aft
 `max_retries`. When retries run out the engine raises `EngineUnavailable`, which fails the
 micro-batch (it is redone on resume) instead of rejecting its rows. The API key is read
 from the environment variable the config names, never from the config itself.
+
+A refused key (HTTP 401/403) is no fault of the rows either: it raises `EngineUnavailable`
+naming the variable (never its value), so the run stops with nothing rejected and resumes
+once the key is fixed. The key is never put in a message: server text quoted in errors
+(some servers echo the key they were sent) has it masked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -22,6 +28,8 @@ from actors.engines.background import BackgroundLoop
 from actors.engines.llm import EngineConfig, LLMEngine, LLMRequest, LLMResponse
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+AUTH_STATUS = frozenset({401, 403})
+MASK = "***"
 
 
 class _Retryable(Exception):
@@ -52,6 +60,8 @@ class OpenAIEngine(LLMEngine):
             raise ValueError("an openai engine needs base_url (e.g. http://127.0.0.1:8000/v1)")
         self.config = config
         api_key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
+        self._masked = _masker(api_key)
+        self._key_sent = bool(api_key)
         self._loop = BackgroundLoop("openai-engine-loop")
         self._client, self._gate = self._loop.run(self._open(api_key))
 
@@ -86,7 +96,7 @@ class OpenAIEngine(LLMEngine):
                         return await self._post(client, request)
         except _Retryable as exc:
             raise EngineUnavailable(
-                f"{self.config.base_url}: no answer after {self.config.max_retries} retries ({exc}); "
+                f"{self.config.base_url}: no answer after {self.config.max_retries} retries ({self._masked(str(exc))}); "
                 "the micro-batch is left uncommitted, `speechmed resume` redoes it"
             ) from None
         raise AssertionError("unreachable")
@@ -99,11 +109,31 @@ class OpenAIEngine(LLMEngine):
         if response.status_code in RETRY_STATUS:
             after = response.headers.get("retry-after")
             raise _Retryable(f"HTTP {response.status_code}", float(after) if after and after.isdigit() else None)
+        if response.status_code in AUTH_STATUS:
+            raise EngineUnavailable(self._refused(response))
         if response.status_code >= 400:
             # A request the server will never accept (bad schema, prompt too long): not retried.
-            raise RuntimeError(f"HTTP {response.status_code}: {response.text[:500]}")
+            raise RuntimeError(f"HTTP {response.status_code}: {self._masked(response.text[:500])}")
         choice = response.json()["choices"][0]
         return LLMResponse(text=choice["message"]["content"] or "", finish_reason=choice.get("finish_reason"))
+
+
+    def _refused(self, response: httpx.Response) -> str:
+        """What a 401/403 means and what to do; names the variable, never the key."""
+        name = self.config.api_key_env
+        if not name:
+            what = "no key was sent (api_key_env is null); name the variable holding the key with api_key_env"
+        elif self._key_sent:
+            what = f"the key in ${name} was refused; set a valid key in ${name} on every node that runs this stage"
+        else:
+            what = f"no key was sent: ${name} is not set on the node that runs this stage; set it there"
+        return (f"{self.config.base_url}: HTTP {response.status_code} ({self._masked(response.text[:200])}): {what}. "
+                "Nothing was rejected; the micro-batch is left uncommitted, `speechmed resume` redoes it")
+
+
+def _masker(secret: str) -> Callable[[str], str]:
+    """A function that masks `secret` in a text (a no-op without one)."""
+    return (lambda text: text.replace(secret, MASK)) if secret else (lambda text: text)
 
 
 _backoff = wait_exponential_jitter(multiplier=0.5, max=30)

@@ -4,6 +4,15 @@ Adapters stream (a JSON array is parsed incrementally, never loaded whole) and n
 on bad input: a record they cannot map becomes a `SourceItem` with a reason code and its
 location (file plus record or line number), so ingestion reconciles as
 read = written + rejected.
+
+What holds for every format is applied once, by `SourceFormat.items` (the stream ingestion
+reads): a link that leads out of a source folder is reported, not followed
+(`ingest.outside_root`, `ingest.broken_link`); a dialogue too long to be spoken is
+quarantined (`ingest.turn_too_long` over `MAX_TURN_CHARS` in one turn,
+`ingest.dialogue_too_long` over `MAX_DIALOGUE_CHARS` in all); a source that yields nothing
+at all (an empty file or folder) is one `ingest.no_input` item, so it shows in the counts.
+A text line longer than `MAX_LINE_BYTES` is `ingest.line_too_long` and skipped up to the
+next newline, never accumulated in memory.
 """
 
 from __future__ import annotations
@@ -14,18 +23,30 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, BinaryIO, ClassVar
 
 import ijson
 from pydantic import BaseModel, ConfigDict
 
 from schemas import Gender, Rejection, SourceDialogue, Treatment, Turn, record_id
-from storage.fs import list_files, resolve
+from storage.fs import MISSING_TARGET, exists, resolve, walk_files
 
 PATIENT_ROLES = frozenset({"human", "user", "patient", "patients", "病人", "患者"})
 DOCTOR_ROLES = frozenset({"gpt", "assistant", "doctor", "医生"})
 _SNIFF_BYTES = 1 << 16
+# A spoken turn is a few sentences (the paper's average is 36 characters) and the longest
+# real source fields (encyclopedia answers, exam cases) are a few thousand characters. A
+# turn beyond this is a broken or merged record (a whole document in one field): it would
+# overflow every LLM context and cost the speech-text normaliser about a minute per MB.
+MAX_TURN_CHARS = 10_000
+MAX_DIALOGUE_CHARS = 50_000
+# Longest text line read (JSON lines, CSV rows, transcripts): the longest legitimate record
+# is well under 1 MB; past this a line is reported and skipped instead of held in memory.
+MAX_LINE_BYTES = 8 << 20
+# The csv module refuses fields over 128 KiB and would end the file there; a long field is
+# a record for the size rules above to judge, so the limit is the line limit (process-wide).
+csv.field_size_limit(MAX_LINE_BYTES)
 
 
 @dataclass(frozen=True)
@@ -76,6 +97,22 @@ class SourceFormat(ABC):
     def read(self, ref: SourceRef) -> Iterator[SourceItem]:
         """Every record of the source, in file order, mapped or quarantined."""
 
+    def items(self, ref: SourceRef) -> Iterator[SourceItem]:
+        """`read` with the rules every format shares (the module docstring): what ingestion
+        reads. Links leading out of the source folder first, then the records."""
+        seen = False
+        for item in escaped_files(ref.path):
+            seen = True
+            yield item
+        for item in self.read(ref):
+            seen = True
+            yield item if item.dialogue is None else too_long(item) or item
+        if not seen:
+            loc = resolve(ref.path)
+            what = "an empty file or folder" if exists(loc, loc.root) else "no such file or folder"
+            yield failure(ref.path, "no_input", f"no record was found ({what}); check that the source path names "
+                          "the corpus")
+
     def options_of(self, ref: SourceRef) -> Any:
         """`ref.options` as this format's Options (its defaults when given the bare base)."""
         if isinstance(ref.options, self.Options):
@@ -89,7 +126,8 @@ def make_dialogue(ref: SourceRef, source_key: str, turns: list[Turn], **fields: 
 
 
 def map_turns(pairs: Sequence[tuple[Any, Any]], where: str, raw: Any) -> list[Turn] | SourceItem:
-    """(role, text) pairs → turns that start with the patient and alternate; else a failure.
+    """(role, text) pairs → turns that start with the patient, alternate and hold a doctor
+    reply; else a failure.
 
     Roles are normalised (human/user/Patients/病人 → patient, gpt/assistant/Doctor/医生 →
     doctor); text is stripped. Consecutive turns of one speaker are not merged silently:
@@ -112,7 +150,29 @@ def map_turns(pairs: Sequence[tuple[Any, Any]], where: str, raw: Any) -> list[Tu
     for i in range(1, len(turns)):
         if turns[i].role == turns[i - 1].role:
             return failure(where, "roles_not_alternating", f"turns {i - 1} and {i} are both {turns[i].role}", raw)
+    if len(turns) == 1:
+        return failure(where, "no_doctor_turn", "the dialogue has a patient turn only (no doctor reply), so there is "
+                       "nothing to learn from it; nothing to fix unless the source lost the replies", raw)
     return turns
+
+
+def too_long(item: SourceItem) -> SourceItem | None:
+    """The quarantined form of a dialogue too long to be spoken, or None if it is not."""
+    assert item.dialogue is not None
+    total = 0
+    for i, turn in enumerate(item.dialogue.turns):
+        total += len(turn.text)
+        if len(turn.text) > MAX_TURN_CHARS:
+            return failure(item.location, "turn_too_long", f"turn {i} has {len(turn.text):,} characters, over the "
+                           f"{MAX_TURN_CHARS:,} a spoken turn may have (MAX_TURN_CHARS); the record is left out. Check "
+                           "the source: a field this long is usually a whole document or several records run together",
+                           item.raw)
+    if total > MAX_DIALOGUE_CHARS:
+        return failure(item.location, "dialogue_too_long", f"the dialogue has {total:,} characters in "
+                       f"{len(item.dialogue.turns)} turns, over the {MAX_DIALOGUE_CHARS:,} one spoken consultation may "
+                       "have (MAX_DIALOGUE_CHARS); the record is left out. Check the source for records run together",
+                       item.raw)
+    return None
 
 
 def merge_same_speaker(pairs: Sequence[tuple[str, str]], sep: str = "") -> list[tuple[str, str]]:
@@ -182,12 +242,17 @@ def _decodes(data: bytes, encoding: str) -> bool:
     return True
 
 
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
 class Utf8Stream:
     """A binary stream re-encoded as UTF-8 without a byte-order mark.
 
-    The encoding is sniffed from the first 64 KiB: UTF-8 (with or without BOM), else GB18030
-    (a superset of GBK, common in Chinese corpora). Decoding is incremental, so a file of
-    any size streams. `peek()` gives the first non-space byte (to tell a JSON array from
+    The encoding is sniffed from the first 64 KiB: UTF-16 or UTF-32 when the file starts with
+    their byte-order mark (what Windows tools write as "Unicode"), UTF-8 (with or without
+    BOM), else GB18030 (a superset of GBK, common in Chinese corpora). Decoding is
+    incremental, so a file of any size streams. `peek()` gives the first non-space byte (to tell a JSON array from
     JSON lines).
     """
 
@@ -196,8 +261,13 @@ class Utf8Stream:
         head = raw.read(_SNIFF_BYTES)
         if head.startswith(codecs.BOM_UTF8):
             head = head[len(codecs.BOM_UTF8):]
-        # Neither decoding cleanly: keep UTF-8, so the parser reports the bad byte's position.
-        self.encoding = "gb18030" if not _decodes(head, "utf-8") and _decodes(head, "gb18030") else "utf-8"
+        # UTF-32 first: its little-endian mark starts with UTF-16's. The codec reads the mark.
+        marked = [enc for bom, enc in _BOMS if head.startswith(bom)]
+        if marked:
+            self.encoding = marked[0]
+        else:
+            # Neither decoding cleanly: keep UTF-8, so the parser reports the bad byte's position.
+            self.encoding = "gb18030" if not _decodes(head, "utf-8") and _decodes(head, "gb18030") else "utf-8"
         self._decoder = codecs.getincrementaldecoder(self.encoding)("strict")
         self._buffer = self._transcode(head, final=False)
 
@@ -232,9 +302,10 @@ def open_utf8(path: str) -> Iterator[Utf8Stream]:
 
 
 def text_lines(path: str) -> Iterator[tuple[str, str] | SourceItem]:
-    """(location, line) of a UTF-8 or GBK text file; an undecodable line is a failure item."""
+    """(location, line) of a UTF-8 or GBK text file; an undecodable line is a failure item,
+    and so is a line over MAX_LINE_BYTES (skipped to the next newline, never held whole)."""
     with open_utf8(path) as stream:
-        pending, number = b"", 0
+        pending, number, skipping = b"", 0, False
         while True:
             try:
                 chunk = stream.read(1 << 20)
@@ -242,21 +313,42 @@ def text_lines(path: str) -> Iterator[tuple[str, str] | SourceItem]:
                 yield failure(f"{path} after line {number}", "unreadable_file",
                               f"{exc}; lines before it were kept. Re-save the file as UTF-8.")
                 return
+            end = not chunk
+            if skipping:  # the rest of an overlong line
+                cut = chunk.find(b"\n")
+                if cut < 0:
+                    if end:
+                        return
+                    continue
+                chunk, skipping = chunk[cut + 1:], False
             pending += chunk
             lines = pending.split(b"\n")
-            pending = lines.pop() if chunk else b""
-            if not chunk and not pending and lines and not lines[-1]:
+            pending = lines.pop() if not end else b""
+            if end and lines and not lines[-1]:
                 lines.pop()  # the empty "line" after a final newline
             for raw in lines:  # at the end of the file, the last (unterminated) line too
                 number += 1
                 where = f"{path} line {number}"
+                if len(raw) > MAX_LINE_BYTES:
+                    yield _line_too_long(where, raw)
+                    continue
                 try:
                     yield where, raw.decode("utf-8").rstrip("\r")
                 except UnicodeDecodeError as exc:
                     yield failure(where, "bad_encoding", f"{exc}; re-save the file as UTF-8",
                                   raw.decode("utf-8", "replace"))
-            if not chunk:
+            if end:
                 return
+            if len(pending) > MAX_LINE_BYTES:
+                number += 1
+                yield _line_too_long(f"{path} line {number}", pending)
+                pending, skipping = b"", True
+
+
+def _line_too_long(where: str, head: bytes) -> SourceItem:
+    return failure(where, "line_too_long", f"the line is over {MAX_LINE_BYTES >> 20} MiB (MAX_LINE_BYTES) and is not "
+                   "read; no record is that long: check for a missing line break or a file that is not text",
+                   head[:2000].decode("utf-8", "replace"))
 
 
 def json_records(path: str) -> Iterator[tuple[str, Any] | SourceItem]:
@@ -311,6 +403,9 @@ def csv_rows(path: str) -> Iterator[tuple[str, list[str]] | SourceItem]:
                     bad.append(entry)
                     yield entry.raw + "\n"
                     continue
+                if entry.reason == "ingest.line_too_long":  # a CSV cannot resume past a skipped line
+                    entry = replace(entry, detail=f"{entry.detail}; rows before it were kept, the rest of the file "
+                                    "is not read")
                 end.append(entry)
                 return
             yield entry[1] + "\n"
@@ -359,9 +454,30 @@ def cell(row: list[str], index: int | None) -> str:
 
 
 def files_under(path: str, suffixes: tuple[str, ...]) -> list[str]:
-    """`path` itself if it is a file, else its files with one of `suffixes`, sorted."""
+    """`path` itself if it is a file, else its files with one of `suffixes`, sorted; files
+    a link leads out of the folder to are not among them (`escaped_files` reports them)."""
     loc = resolve(path)
     if loc.fs.get_file_info(loc.root).type.name == "File":
         return [path]
     prefix = path.rstrip("/")
-    return sorted(prefix + p[len(loc.root):] for p in list_files(loc, loc.root) if p.endswith(suffixes))
+    return sorted(prefix + p[len(loc.root):] for p in walk_files(loc, loc.root).files if p.endswith(suffixes))
+
+
+def escaped_files(path: str) -> list[SourceItem]:
+    """One failure per link under the folder `path` that leads out of it (storage.fs.walk_files:
+    walked data must lie inside the folder it was found in); none for a file path."""
+    loc = resolve(path)
+    if loc.fs.get_file_info(loc.root).type.name != "Directory":
+        return []
+    prefix = path.rstrip("/")
+    items = []
+    for link, target in walk_files(loc, loc.root).escaped.items():
+        where = prefix + link[len(loc.root):]
+        if target == MISSING_TARGET:
+            items.append(failure(where, "broken_link", "a symbolic link to a missing target; nothing is read "
+                                 "from it. Remove the link or restore its target"))
+        else:
+            items.append(failure(where, "outside_root", f"a symbolic link to {target}, outside the source folder "
+                                 f"{path}; files found in a folder must lie inside it, so it is not read. Copy the "
+                                 f"file into the folder, or name it (or its folder) as a source path of its own"))
+    return items

@@ -1,5 +1,8 @@
 """ShareGPT layout: `{id?, idx?, conversations: [{from, value}, ...]}` records, as a JSON
-array or JSON lines. HuatuoGPT2-SFT-GPT4-140K and many prepared corpora use it."""
+array or JSON lines. HuatuoGPT2-SFT-GPT4-140K and many prepared corpora use it.
+
+A path that names a file is read as it is; a folder is read file by file (every `.json`
+and `.jsonl` under it, sorted by path)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,16 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from actors.sources.common import SourceFormat, SourceItem, SourceRef, failure, json_records, make_dialogue, map_turns
+from actors.sources.common import (
+    SourceFormat,
+    SourceItem,
+    SourceRef,
+    failure,
+    files_under,
+    json_records,
+    make_dialogue,
+    map_turns,
+)
 from schemas import content_key
 
 
@@ -40,4 +52,5 @@ class ShareGPT(SourceFormat):
     format = "sharegpt"
 
     def read(self, ref: SourceRef) -> Iterator[SourceItem]:
-        yield from read_sharegpt_file(ref, ref.path)
+        for path in files_under(ref.path, (".json", ".jsonl")):
+            yield from read_sharegpt_file(ref, path)
