@@ -105,6 +105,8 @@ def splice(pieces: list[np.ndarray], inserts: list[np.ndarray], crossfade_s: flo
     the end of a turn)."""
     if len(pieces) != len(inserts) + 1:
         raise ValueError(f"{len(pieces)} pieces need {len(pieces) - 1} inserts, got {len(inserts)}")
+    if not inserts:  # most turns: nothing to splice
+        return np.asarray(pieces[0], dtype=np.float32), []
     speech = np.concatenate([p for p in pieces if len(p)]) if any(len(p) for p in pieces) else np.zeros(0, np.float32)
     target = rms_db(speech) if len(speech) else -20.0
     fade = max(1, int(crossfade_s * rate))
