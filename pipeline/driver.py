@@ -19,7 +19,7 @@ from pipeline.config import PipelineConfig
 from pipeline.export import export_stage
 from pipeline.plan import INGEST, plan_ingest
 from pipeline.raycluster import ray_session
-from pipeline.scheduler import ProgressCallback, Scheduler
+from pipeline.scheduler import ProgressCallback, Scheduler, StorageFull, is_storage_full
 from pipeline.version import code_version
 from schemas import SourceDialogue, arrow_schema
 from storage.manifest import write_manifest
@@ -27,7 +27,10 @@ from storage.markers import RunInfo, StageStamp
 from storage.rundir import RunDir
 
 log = logging.getLogger(__name__)
-INGEST_VERSION = "1"
+# 2: the checks every source format shares (links out of a source folder, overlong turns,
+# an empty source) quarantine records that version 1 ingested.
+INGEST_VERSION = "2"
+PLAN_RETRIES = 2
 
 
 def stage_fingerprints(config: PipelineConfig) -> dict[str, str]:
@@ -120,7 +123,26 @@ def execute(
     ray_address: str | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> RunResult:
-    """Run (or resume) the pipeline of `config` in `run_uri` until every stage is sealed."""
+    """Run (or resume) the pipeline of `config` in `run_uri` until every stage is sealed.
+
+    Raises `StorageFull` (a `PipelineError`) when the run directory's storage refuses a
+    write for lack of space, wherever the write was (lock, run.json, seals, exports)."""
+    try:
+        return _execute(config, run_uri, command=command, ray_address=ray_address, on_progress=on_progress)
+    except OSError as exc:
+        if is_storage_full(exc):
+            raise StorageFull.of(run_uri, exc) from exc
+        raise
+
+
+def _execute(
+    config: PipelineConfig,
+    run_uri: str,
+    *,
+    command: str,
+    ray_address: str | None,
+    on_progress: ProgressCallback | None,
+) -> RunResult:
     started = time.perf_counter()
     rundir = RunDir(run_uri)
     session = uuid.uuid4().hex[:12]
@@ -137,8 +159,13 @@ def execute(
             # takes no CPU slot, so actors holding every CPU cannot starve it.
             scheduler = Scheduler(rundir, specs, resources, config.num_shards,
                                   fence=token, session=session, on_progress=on_progress)
-            planner = ray.remote(num_cpus=0, max_retries=0)(plan_ingest)
+            # Planning is idempotent (sealed shards are kept): a planner whose process dies
+            # (killed, out of memory) is run again rather than stopping the run.
+            planner = ray.remote(num_cpus=0, max_retries=PLAN_RETRIES)(plan_ingest)
             ingest_seals = scheduler.run(planner.remote(rundir.uri, config, prints[INGEST], session, token))
+        # Workers that died mid-write during the run (killed, timed out, a planner retried)
+        # left temp files and parts no marker names; every worker has stopped by now.
+        result.cleaned += sum(len(rundir.clean_uncommitted(name)) for name in prints) + len(rundir.clean_temp_files())
         all_seals = {INGEST: ingest_seals, **{p.spec.name: p.sealed for p in scheduler.pools}}
         result.sealed = {name: len(seals) for name, seals in all_seals.items()}
         result.rows_processed = {p.spec.name: p.rows_run for p in scheduler.pools}

@@ -108,7 +108,7 @@ def export_stage(
         files.append(_write(rundir, f"{base}/{plot.path}", render(plot), 1))
     card = render_card(name, stage, Sizes(rows, arrow_bytes, parquet_size), stats, rejected, speech,
                        {plot.file: plot.alt for plot in plots})
-    rundir.write_bytes_rel(f"{base}/README.md", card.encode())
+    files.append(_write(rundir, f"{base}/README.md", card.encode(), 1))  # checksummed too: `speechmed verify`
     marker = ExportMarker(name=name, stage=stage, fingerprint=fingerprint, files=files, rows=rows, exported_at=time.time())
     rundir.write_model(f"{base}/{EXPORTED}", marker)
     return marker

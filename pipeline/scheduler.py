@@ -4,13 +4,20 @@ The driver holds only bookkeeping (which parts of which shards are committed or 
 flight), never rows. A shard of a stage becomes active once the same shard of the stage
 before it is sealed, so stages overlap; at most `max_shards_in_flight` shards per stage are
 active (backpressure). Each actor has up to `parts_in_flight_per_actor` micro-batches
-queued so it never idles between calls. A call past its deadline restarts its actor; a
-dead actor's calls are re-dispatched; a part that keeps failing stops the run. Per-stage
-metrics (`pipeline.metrics`) are recorded here, where every commit is seen.
+queued so it never idles between calls. A call past its deadline restarts its actor (the
+other calls queued on that actor are redone without using an attempt); a dead actor's
+calls are re-dispatched, and an actor killed while it starts is asked again; a part that
+keeps failing stops the run, and so does full storage, at once: no retry can succeed before
+space is freed. Per-stage metrics (`pipeline.metrics`) are recorded here, where every
+commit is seen.
+
+Actors are named `<session>/<stage>/<index>` (`actor_name`), so that `ray list actors` and
+fault-injection tests can tell the stages' actors apart.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections import deque
@@ -19,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from actors.registry import stage_class
 from actors.worker import PartRunner, StageSpec
@@ -42,6 +49,26 @@ class EngineLoadError(PipelineError):
     """A stage's actors could not start (typically its engine failed to load)."""
 
 
+class StorageFull(PipelineError):
+    """The run directory's storage is full (or over quota); nothing more can be committed."""
+
+    @classmethod
+    def of(cls, run_uri: str, cause: OSError, writing: str = "") -> "StorageFull":
+        """The error for `cause`; `writing`: what was being written, where it is known."""
+        return cls(f"no space left on the storage of run {run_uri}{f' writing {writing}' if writing else ''} "
+                   f"({cause}). Everything committed so far is kept; free space (or raise the quota), then "
+                   f"`speechmed resume {run_uri}` finishes the run.")
+
+
+def is_storage_full(exc: BaseException | None) -> bool:
+    """Whether an error is a write refused for lack of space or quota (pyarrow keeps errno)."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def actor_name(session: str, stage: str, index: int) -> str:
+    return f"{session}/{stage}/{index}"
+
+
 @dataclass
 class _Shard:
     shard: int
@@ -60,6 +87,7 @@ class _Call:
     part: int
     deadline: float
     timed_out: bool = False
+    collateral: bool = False  # its actor was restarted for another call's timeout
 
 
 @dataclass
@@ -72,6 +100,7 @@ class _StagePool:
     queued: list[int] = field(default_factory=list)  # calls queued per actor
     actor_free_at: list[float] = field(default_factory=list)
     active: dict[int, _Shard] = field(default_factory=dict)
+    start_failures: int = 0  # actors killed while starting (not an engine that cannot load)
     parts_run: int = 0
     rows_run: int = 0
 
@@ -101,24 +130,30 @@ class Scheduler:
         self.plan: ray.ObjectRef | None = None
         self.pools: list[_StagePool] = []
         self.calls: dict[ray.ObjectRef, _Call] = {}
-        self.ready: dict[ray.ObjectRef, _StagePool] = {}
+        self.ready: dict[ray.ObjectRef, tuple[_StagePool, int]] = {}
         for spec in specs:
             res = resources[spec.name]
             concurrent = stage_class(spec.kind).concurrent
-            actor_cls = ray.remote(PartRunner).options(
+            actor_cls = ray.remote(PartRunner)
+            options = dict(
                 num_cpus=res.num_cpus,
                 num_gpus=res.num_gpus,
                 max_concurrency=res.parts_in_flight_per_actor if concurrent else 1,
                 max_restarts=-1,
                 max_task_retries=0,
             )
-            actors = [actor_cls.remote(rundir.uri, spec, fence, session) for _ in range(res.actors)]
-            pool = _StagePool(spec, res, actors, rundir.seals(spec.name), concurrent)
+            sealed = rundir.seals(spec.name)
+            # A stage already sealed whole (a resume after it finished) starts no actors:
+            # its engine would load, and hold its GPUs, for nothing.
+            count = 0 if len(sealed) == num_shards else res.actors
+            actors = [actor_cls.options(name=actor_name(session, spec.name, i), **options)
+                      .remote(rundir.uri, spec, fence, session) for i in range(count)]
+            pool = _StagePool(spec, res, actors, sealed, concurrent)
             pool.queued = [0] * len(actors)
             pool.actor_free_at = [0.0] * len(actors)
             self.pools.append(pool)
-            for actor in actors:
-                self.ready[actor.ready.remote()] = pool
+            for index, actor in enumerate(actors):
+                self.ready[actor.ready.remote()] = (pool, index)
 
     # -- bookkeeping -------------------------------------------------------------------
     def _upstream_sealed(self, index: int) -> dict[int, ShardSeal]:
@@ -179,6 +214,13 @@ class Scheduler:
         try:
             commit: PartCommit = ray.get(ref)
         except RayActorError as exc:
+            if call.collateral:
+                # Not this part's failure: it only shared the actor restarted for another
+                # part's timeout, so it is redone without using one of its attempts.
+                log.info("%s shard %d part %d: redone (its actor was restarted for another part)",
+                         pool.spec.name, call.shard, call.part)
+                work.pending.appendleft(call.part)
+                return
             why = (f"timed out after {pool.resources.batch_timeout_s:.0f}s (batch_timeout_s)"
                    if call.timed_out else f"its actor died ({type(exc).__name__})")
             self._retry(pool, work, call.part, why)
@@ -186,6 +228,9 @@ class Scheduler:
         except RayTaskError as exc:
             if isinstance(exc.cause, CommitRefused):
                 raise PipelineError(str(exc.cause)) from None
+            if is_storage_full(exc.cause):
+                writing = f"stage {pool.spec.name} shard {call.shard} part {call.part}"
+                raise StorageFull.of(self.rundir.uri, exc.cause, writing) from None
             self._retry(pool, work, call.part, f"{type(exc.cause).__name__}: {exc.cause}")
             return
         work.commits[call.part] = commit
@@ -207,14 +252,21 @@ class Scheduler:
         work.pending.appendleft(part)
 
     def _check_ready(self, ref: ray.ObjectRef) -> None:
-        pool = self.ready.pop(ref)
+        pool, index = self.ready.pop(ref)
         try:
             ray.get(ref)
         except RayActorError as exc:
-            raise EngineLoadError(
-                f"stage {pool.spec.name} ({pool.spec.kind}): its actor could not start: "
-                f"{_root_cause(exc)}"
-            ) from None
+            # An actor killed while it starts (a signal, the OOM killer) is restarted by Ray:
+            # ask it again, a bounded number of times. Its own constructor failing is final.
+            if exc.actor_init_failed or pool.start_failures >= pool.resources.max_part_attempts * len(pool.actors):
+                raise EngineLoadError(
+                    f"stage {pool.spec.name} ({pool.spec.kind}): its actor could not start: "
+                    f"{_root_cause(exc)}"
+                ) from None
+            pool.start_failures += 1
+            log.warning("%s: actor %d died while starting (%s); asking its restart", pool.spec.name, index,
+                        type(exc).__name__)
+            self.ready[pool.actors[index].ready.remote()] = (pool, index)
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -229,13 +281,21 @@ class Scheduler:
                 for other in self.calls.values():
                     if other.stage is call.stage and other.actor == call.actor:
                         other.deadline = float("inf")
+                        other.collateral = other is not call
 
     def _check_plan(self, ref: ray.ObjectRef) -> None:
         self.plan = None
         try:
             self.ingest_seals = ray.get(ref)
         except RayTaskError as exc:
+            if is_storage_full(exc.cause):
+                raise StorageFull.of(self.rundir.uri, exc.cause, "the ingest stage") from None
             raise PipelineError(f"reading the sources failed: {type(exc.cause).__name__}: {exc.cause}") from None
+        except RayError as exc:  # its process died more often than the task's retries
+            raise PipelineError(
+                f"planning the input stopped: {_root_cause(exc)}. `speechmed resume {self.rundir.uri}` "
+                "plans again, keeping the ingest shards already sealed."
+            ) from None
 
     # -- main loop ---------------------------------------------------------------------
     def run(self, plan: ray.ObjectRef) -> dict[int, ShardSeal]:

@@ -7,6 +7,7 @@ a part committed on behalf of a driver that has since lost the lock is refused.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -18,6 +19,8 @@ import pyarrow.fs as pafs
 from pydantic import BaseModel
 
 from storage.fs import Location, exists, read_bytes, write_bytes
+
+log = logging.getLogger(__name__)
 
 LOCK_NAME = "_LOCK"
 UNREADABLE_GRACE_S = 5.0
@@ -107,8 +110,14 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 return False
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+            except BaseException:
+                # A lock file left empty (a full disk) would hold off the next driver for
+                # UNREADABLE_GRACE_S; ours never held the run, so it goes at once.
+                os.unlink(self.path)
+                raise
             return True
         # Object stores offer no create-if-absent through pyarrow: write, then read back
         # after a settle delay; the last writer wins and the others see a foreign token.
@@ -159,7 +168,12 @@ class RunLock:
                     self.lost = True
                     return
                 info.heartbeat_at = time.time()
-                write_bytes(self.loc, self.path, info.model_dump_json().encode())
+                try:
+                    write_bytes(self.loc, self.path, info.model_dump_json().encode())
+                except OSError as exc:
+                    # A full disk, a storage hiccup: the old heartbeat stays readable (the
+                    # write replaces the file whole); the run's own writes report the cause.
+                    log.warning("could not refresh the lock of %s: %s", self.loc.uri, exc)
 
         self._thread = threading.Thread(target=beat, name="run-lock-heartbeat", daemon=True)
         self._thread.start()

@@ -2,22 +2,31 @@
 
 Reports a truncated or altered file (size / checksum), a deleted one, a row count that
 differs from its marker, seals that disagree with their parts, missing parts of a sealed
-shard, and foreign files that no marker accounts for.
+shard, markers, seals, stage stamps, run.json, the plan or the manifest that cannot be
+read, and foreign files that no marker accounts for. Files an interrupted run leaves
+(temporary files, parts without a marker, an export without its marker) are reported as
+uncommitted leftovers, which `speechmed resume` removes or redoes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+from pydantic import BaseModel
 
 from storage.fs import is_temp, list_files
 from storage.lock import LOCK_NAME
-from storage.markers import ExportMarker, FileEntry, PartCommit, ShardSeal
+from storage.manifest import MANIFEST_SCHEMA
+from storage.markers import ExportMarker, FileEntry, PartCommit, RunInfo, ShardSeal, StageStamp
 from storage.rundir import COMMIT_SUFFIX, DATASETS, MANIFEST, RUN_JSON, SEALED, STAGE_STAMP, RunDir
 
-_TOP_LEVEL_FILES = {RUN_JSON, LOCK_NAME, MANIFEST, "plan/plan.json"}
+PLAN_JSON = "plan/plan.json"
+EXPORTED = "_EXPORTED.json"
+_TOP_LEVEL_FILES = {RUN_JSON, LOCK_NAME, MANIFEST, PLAN_JSON}
 
 
 @dataclass(frozen=True)
@@ -49,19 +58,25 @@ def _check_file(rundir: RunDir, entry: FileEntry, sizes: dict[str, int]) -> list
     return []
 
 
-def _check_stage(rundir: RunDir, stage: str, sizes: dict[str, int]) -> tuple[list[Problem], set[str]]:
+def _read(rundir: RunDir, path: str, model: type[BaseModel]) -> tuple[BaseModel | None, str]:
+    """A marker file parsed, or None and why not (one line)."""
+    try:
+        return model.model_validate_json(rundir.loc.fs.open_input_stream(path).read()), ""
+    except ValueError as exc:
+        return None, str(exc).replace("\n", " ")
+
+
+def _check_stage(rundir: RunDir, stage: str, stamp: StageStamp | None, sizes: dict[str, int]) -> tuple[list[Problem], set[str]]:
     problems: list[Problem] = []
     known = {rundir.abs(f"{stage}/{STAGE_STAMP}")}
-    stamp = rundir.stamp(stage)
     commits: dict[tuple[int, int], PartCommit] = {}
     for path in sizes:
         if not path.endswith(COMMIT_SUFFIX) or not path.startswith(rundir.abs(stage) + "/") or is_temp(path):
             continue  # a temp marker is an uncommitted leftover, reported below
         known.add(path)
-        try:
-            commit = PartCommit.model_validate_json(rundir.loc.fs.open_input_stream(path).read())
-        except ValueError as exc:
-            problems.append(Problem(rundir.loc.rel(path), f"unreadable commit marker: {exc}"))
+        commit, why = _read(rundir, path, PartCommit)
+        if not isinstance(commit, PartCommit):
+            problems.append(Problem(rundir.loc.rel(path), f"unreadable commit marker: {why}"))
             continue
         commits[(commit.shard, commit.part)] = commit
         if stamp is not None and commit.fingerprint != stamp.fingerprint:
@@ -75,10 +90,9 @@ def _check_stage(rundir: RunDir, stage: str, sizes: dict[str, int]) -> tuple[lis
         if not path.endswith(f"/{SEALED}") or not path.startswith(rundir.abs(stage) + "/"):
             continue
         known.add(path)
-        try:
-            seal = ShardSeal.model_validate_json(rundir.loc.fs.open_input_stream(path).read())
-        except ValueError as exc:
-            problems.append(Problem(rundir.loc.rel(path), f"unreadable seal: {exc}".replace("\n", " ")))
+        seal, why = _read(rundir, path, ShardSeal)
+        if not isinstance(seal, ShardSeal):
+            problems.append(Problem(rundir.loc.rel(path), f"unreadable seal: {why}"))
             continue
         parts = [commits.get((seal.shard, p)) for p in range(seal.parts)]
         missing = [p for p, c in enumerate(parts) if c is None]
@@ -98,25 +112,77 @@ def _check_stage(rundir: RunDir, stage: str, sizes: dict[str, int]) -> tuple[lis
 def verify(rundir: RunDir) -> list[Problem]:
     """Every problem found in the run directory; empty means the run is consistent."""
     sizes = list_files(rundir.loc, rundir.loc.root)
-    problems: list[Problem] = []
+    problems: list[Problem] = _check_bookkeeping(rundir, sizes)
     known = {rundir.abs(name) for name in _TOP_LEVEL_FILES}
-    for stage in rundir.stages_on_disk():
-        stage_problems, stage_known = _check_stage(rundir, stage, sizes)
+    for stage, stamp in _stamps(rundir, problems, known).items():
+        stage_problems, stage_known = _check_stage(rundir, stage, stamp, sizes)
         problems += stage_problems
         known |= stage_known
-    for path in sizes:
-        rel = rundir.loc.rel(path)
-        if rel.startswith(f"{DATASETS}/") and rel.endswith("/_EXPORTED.json"):
-            marker = ExportMarker.model_validate_json(rundir.loc.fs.open_input_stream(path).read())
-            known.add(path)
-            known.add(rundir.abs(f"{DATASETS}/{marker.name}/README.md"))
-            for entry in marker.files:
-                known.add(rundir.abs(entry.path))
-                problems += _check_file(rundir, entry, sizes)
+    exports = {rel.split("/")[1] for rel in map(rundir.loc.rel, sizes) if rel.startswith(f"{DATASETS}/") and rel.count("/") > 1}
+    unfinished: set[str] = set()
+    for name in sorted(exports):
+        marker_path = rundir.abs(f"{DATASETS}/{name}/{EXPORTED}")
+        if marker_path not in sizes:
+            unfinished.add(name)  # the marker is written last: an export cut short
+            continue
+        known.add(marker_path)
+        marker, why = _read(rundir, marker_path, ExportMarker)
+        if not isinstance(marker, ExportMarker):
+            problems.append(Problem(rundir.loc.rel(marker_path), f"unreadable export marker: {why}"))
+            continue
+        known.add(rundir.abs(f"{DATASETS}/{marker.name}/README.md"))  # unlisted by markers before README was
+        for entry in marker.files:
+            known.add(rundir.abs(entry.path))
+            problems += _check_file(rundir, entry, sizes)
     for path in sorted(set(sizes) - known):
         rel = rundir.loc.rel(path)
-        what = "uncommitted leftover (resume removes it)" if is_temp(path) or _is_ours(rel) else "foreign file: no marker accounts for it"
+        if is_temp(path) or _is_ours(rel):
+            what = "uncommitted leftover (resume removes it)"
+        elif rel.startswith(f"{DATASETS}/") and rel.count("/") > 1 and rel.split("/")[1] in unfinished:
+            what = "uncommitted leftover of an unfinished export (resume writes the export again)"
+        else:
+            what = "foreign file: no marker accounts for it"
         problems.append(Problem(rel, what))
+    return problems
+
+
+def _stamps(rundir: RunDir, problems: list[Problem], known: set[str]) -> dict[str, StageStamp | None]:
+    """The stamp of every top-level directory that has one (None where it is unreadable: a
+    problem, but the stage's markers still account for its files)."""
+    selector = pafs.FileSelector(rundir.loc.root, allow_not_found=True)
+    stamps: dict[str, StageStamp | None] = {}
+    for info in rundir.loc.fs.get_file_info(selector):
+        path = f"{info.path}/{STAGE_STAMP}"
+        if info.type != pafs.FileType.Directory or rundir.loc.fs.get_file_info(path).type != pafs.FileType.File:
+            continue
+        stamp, why = _read(rundir, path, StageStamp)
+        stamps[info.base_name] = stamp if isinstance(stamp, StageStamp) else None
+        if why:
+            problems.append(Problem(rundir.loc.rel(path), f"unreadable stage stamp: {why}"))
+    return dict(sorted(stamps.items()))
+
+
+def _check_bookkeeping(rundir: RunDir, sizes: dict[str, int]) -> list[Problem]:
+    """run.json, the plan and the manifest: not checksummed by any marker, but each must be
+    readable (resume needs run.json; the manifest is derived: `speechmed manifest` rewrites it)."""
+    problems = []
+    if rundir.abs(RUN_JSON) in sizes:
+        _, why = _read(rundir, rundir.abs(RUN_JSON), RunInfo)
+        if why:
+            problems.append(Problem(RUN_JSON, f"unreadable: {why}"))
+    if rundir.abs(PLAN_JSON) in sizes:
+        try:
+            json.loads(rundir.read_bytes_rel(PLAN_JSON))
+        except ValueError as exc:
+            problems.append(Problem(PLAN_JSON, f"unreadable: {exc}"))
+    if rundir.abs(MANIFEST) in sizes:
+        try:
+            schema = pq.read_table(rundir.abs(MANIFEST), filesystem=rundir.loc.fs).schema
+        except (OSError, ValueError) as exc:
+            problems.append(Problem(MANIFEST, f"unreadable (`speechmed manifest` writes it again): {exc}"))
+        else:
+            if not schema.equals(MANIFEST_SCHEMA, check_metadata=False):
+                problems.append(Problem(MANIFEST, "not a manifest's columns (`speechmed manifest` writes it again)"))
     return problems
 
 

@@ -1,10 +1,12 @@
 """Servers for the LLM tests, all on 127.0.0.1: the real vLLM OpenAI-compatible server on
-the tiny model, and a fault-injecting proxy in front of it."""
+the tiny model, a fault-injecting proxy in front of it, and an endpoint that answers garbage."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.server
+import json
 import os
 import signal
 import socket
@@ -141,3 +143,57 @@ class FaultProxy:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class GarbageServer:
+    """An OpenAI-compatible chat endpoint that answers garbage: a broken or misbehaving model
+    server, a test double at the model boundary (the real OpenAI engine, LLM stage loop and
+    scheduler run against it). Each request gets one of `REPLIES`, chosen by a hash of the
+    request's seed and `salt` (`keep` weighs the one valid "keep" answer against the other
+    kinds), so a request asked again gets the same answer, as a seeded model would, and a
+    run's outcome is reproducible."""
+
+    def __init__(self, salt: int = 0, keep: int = 4):
+        self.salt = salt
+        self.served: dict[str, int] = {}
+        self.lock = threading.Lock()
+        choices = [("keep", keep, _chat('{"keep": true, "reason": "可以"}')),
+                   ("judged_out", 1, _chat('{"keep": false, "reason": "需要看片子"}')),
+                   ("not_json", 1, _chat("I think this dialogue is fine!!")),
+                   ("wrong_shape", 1, _chat('{"verdict": "yes", "keep": "maybe"}')),
+                   ("truncated", 1, _chat('{"keep": tr', finish_reason="length")),
+                   ("empty", 1, _chat(None)),
+                   ("control_bytes", 1, _chat("\u0000\u0007\ufffd{")),
+                   ("not_a_completion", 1, json.dumps({"object": "error", "detail": "oops"}).encode()),
+                   ("not_json_body", 1, b"<html><body>upstream crashed</body></html>")]
+        self.table = [(name, body) for name, weight, body in choices for _ in range(weight)]
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                request = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+                digest = hashlib.blake2b(f"{server.salt}:{request.get('seed')}".encode(), digest_size=8).digest()
+                name, body = server.table[int.from_bytes(digest, "big") % len(server.table)]
+                with server.lock:
+                    server.served[name] = server.served.get(name, 0) + 1
+                self.send_response(200)
+                self.send_header("content-type", "text/html" if name == "not_json_body" else "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _chat(content: str | None, finish_reason: str = "stop") -> bytes:
+    return json.dumps({"id": "garbage", "object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason}]}).encode()

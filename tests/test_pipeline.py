@@ -52,11 +52,22 @@ def test_changing_a_stage_reruns_it_and_later_stages_only(tmp_path: Path) -> Non
     assert after[INGEST] == before[INGEST] and after["prefilter"] == before["prefilter"]
     assert after["sim"] == after["normalize"] == {result.session}
 
-    # Resources do not change output: no re-run.
+    # Resources do not change output: no re-run. And a sealed stage starts no actor: asking
+    # for a GPU this cluster does not have would otherwise leave the run waiting forever.
     stages[2]["resources"]["actors"] = 1
+    stages[1]["resources"]["num_gpus"] = 1
+    before = _stage_actors()
     result = _run(pipeline_config(source, stages=stages), run)
     assert result.invalidated == [] and result.rows_processed == {"prefilter": 0, "sim": 0, "normalize": 0}
+    assert _stage_actors() == before
     assert verify(RunDir(str(run))) == []
+
+
+def _stage_actors() -> set[str]:
+    # From the GCS table the driver is connected to (the state API needs a dashboard).
+    from ray._private.state import actors
+
+    return {actor_id for actor_id, info in actors().items() if info["ActorClassName"] == "PartRunner"}
 
 
 def test_actor_killed_mid_shard_completes_without_duplicates(tmp_path: Path) -> None:

@@ -626,6 +626,98 @@ def test_verify_reports_files_of_an_unstamped_directory(run, tmp_path):
     assert [p.path for p in verify(run)] == ["scratch/x.parquet"]
 
 
+# -- verify: a whole run's other files (exports, stamps, bookkeeping) -----------------------
+
+@pytest.fixture
+def exported(run, tmp_path) -> RunDir:
+    """The small run with its plan, its manifest and an export of `ingest` (data, card, plots)."""
+    from pipeline.export import export_stage
+    from schemas import arrow_schema
+
+    run.write_bytes_rel("plan/plan.json", json.dumps({"num_shards": 2}).encode())
+    write_manifest(run, ["ingest", "prefilter"])
+    seals = {"ingest": run.seals("ingest"), "prefilter": run.seals("prefilter")}
+    export_stage(run, "Out", "ingest", arrow_schema(SourceDialogue), "fp-ingest", 2, seals)
+    assert verify(run) == []
+    return run
+
+
+OUT = "datasets/Out"
+
+
+def _alter(rel: str, edit):
+    def corrupt(root: Path) -> None:
+        path = root / rel
+        path.write_bytes(edit(path.read_bytes()))
+    corrupt.__name__ = f"{edit.__name__}:{rel}"
+    return corrupt
+
+
+def flipped(data: bytes) -> bytes:
+    return data[: len(data) // 2] + bytes([data[len(data) // 2] ^ 0xFF]) + data[len(data) // 2 + 1 :]
+
+
+def truncated(data: bytes) -> bytes:
+    return data[:-10]
+
+
+def garbled(data: bytes) -> bytes:
+    return b"{garbled"
+
+
+def _delete(rel: str):
+    def corrupt(root: Path) -> None:
+        (root / rel).unlink()
+    corrupt.__name__ = f"deleted:{rel}"
+    return corrupt
+
+
+def _add(rel: str):
+    def corrupt(root: Path) -> None:
+        (root / rel).write_bytes(b"not ours")
+    corrupt.__name__ = f"added:{rel}"
+    return corrupt
+
+
+# (corruption, the path the problem names, a fragment of its description)
+RUN_CORRUPTIONS = [
+    (_alter(f"{OUT}/data/train-00000-of-00002.parquet", flipped), f"{OUT}/data/train-00000-of-00002.parquet", "checksum"),
+    (_alter(f"{OUT}/data/train-00001-of-00002.parquet", truncated), f"{OUT}/data/train-00001-of-00002.parquet", "marker says"),
+    (_delete(f"{OUT}/data/train-00000-of-00002.parquet"), f"{OUT}/data/train-00000-of-00002.parquet", "missing"),
+    (_alter(f"{OUT}/plots/turns.png", flipped), f"{OUT}/plots/turns.png", "checksum"),
+    (_alter(f"{OUT}/README.md", flipped), f"{OUT}/README.md", "checksum"),
+    (_delete(f"{OUT}/README.md"), f"{OUT}/README.md", "missing"),
+    (_add(f"{OUT}/data/train-00002-of-00002.parquet"), f"{OUT}/data/train-00002-of-00002.parquet", "foreign file"),
+    (_alter(f"{OUT}/_EXPORTED.json", garbled), f"{OUT}/_EXPORTED.json", "unreadable export marker"),
+    (_delete(f"{OUT}/_EXPORTED.json"), f"{OUT}/data/train-00000-of-00002.parquet", "unfinished export"),
+    (_alter("ingest/_STAGE.json", garbled), "ingest/_STAGE.json", "unreadable stage stamp"),
+    (_alter("run.json", garbled), "run.json", "unreadable"),
+    (_alter("plan/plan.json", truncated), "plan/plan.json", "unreadable"),
+    (_alter("manifest.parquet", truncated), "manifest.parquet", "unreadable"),
+]
+
+
+@pytest.mark.parametrize("corrupt, path, what", RUN_CORRUPTIONS, ids=[c[0].__name__ for c in RUN_CORRUPTIONS])
+def test_verify_detects_each_corruption_of_a_whole_run(exported, tmp_path, corrupt, path, what):
+    corrupt(tmp_path / "run")
+    problems = verify(exported)
+    assert any(p.path == path and what in p.what for p in problems), [str(p) for p in problems]
+
+
+def test_verify_reads_past_an_unreadable_stamp(exported, tmp_path):
+    """The stage's markers still account for its files: only the stamp is reported."""
+    _alter("ingest/_STAGE.json", garbled)(tmp_path / "run")
+    assert [p.path for p in verify(exported)] == ["ingest/_STAGE.json"]
+
+
+def test_verify_names_every_file_of_an_unfinished_export_and_nothing_else(exported, tmp_path):
+    _delete(f"{OUT}/_EXPORTED.json")(tmp_path / "run")
+    problems = verify(exported)
+    assert {p.path for p in problems} == {str(p.relative_to(tmp_path / "run")) for p in (tmp_path / "run" / OUT).rglob("*")
+                                          if p.is_file()}
+    assert all("unfinished export" in p.what for p in problems)
+
+
 # -- manifest -------------------------------------------------------------------------------
 
 def test_write_manifest_has_one_row_per_commit(run, tmp_path):
