@@ -154,8 +154,15 @@ def test_job_submit_status_stop_then_resume(job_cluster: tuple[str, str], tmp_pa
     stopped = _stage(_status(run), "sim")
     assert stopped["rows_in"] < expected_sim, "the job finished before it was stopped: slow the sim stage down"
 
-    resume = subprocess.run(["speechmed", "resume", str(run), "--address", address, "--json"],
-                            env=ENV, capture_output=True, text=True, timeout=240)
+    # The job reads STOPPED while its driver may still be exiting and holding the run's lock;
+    # resume refuses a live holder ("in use"), so retry as a user would until it lets go.
+    deadline = time.monotonic() + 120
+    while True:
+        resume = subprocess.run(["speechmed", "resume", str(run), "--address", address, "--json"],
+                                env=ENV, capture_output=True, text=True, timeout=240)
+        if resume.returncode == 0 or "is in use by" not in resume.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     assert resume.returncode == 0, resume.stderr
     redone = json.loads(resume.stdout)["rows_processed"]["sim"]
     assert 0 < redone <= expected_sim - stopped["rows_in"], f"resume redid committed work: {resume.stdout}"

@@ -105,3 +105,53 @@ def test_pipeline_run_on_s3_is_verified_and_resumable(s3_endpoint: str, ray_conn
     ids = committed_ids(uri, "normalize")
     assert len(ids) == len(set(ids)) == first.exports["Out"] == 40 - 7
     assert verify(rundir) == []
+
+
+def test_sigkill_driver_on_s3_then_resume_is_exactly_once(s3_endpoint: str, ray_address: str, tmp_path: Path) -> None:
+    """The driver's process group SIGKILLed mid-run with the run directory on the object
+    store (no atomic rename: the commit marker is the commit point), then resumed: every
+    stage's ids equal a clean run's, none twice, and verify is clean."""
+    import os
+    import random
+    import signal
+    from collections import Counter
+
+    import yaml
+
+    source = write_dialogues(tmp_path / "in.json", 96, bad_every=9)
+    stage = lambda name, kind, **params: {  # noqa: E731
+        "name": name, "kind": kind, "params": params, "micro_batch_size": 8,
+        "resources": {"actors": 2, "num_cpus": 0.25, "batch_timeout_s": 60}}
+    cfg = pipeline_config(source, num_shards=4, part_size=16, exports=[{"name": "Out", "stage": "normalize"}],
+                          stages=[stage("prefilter", "prefilter"), stage("sim", "simulate", latency_base_s=0.1),
+                                  stage("normalize", "normalize")])
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+
+    def speechmed(*args: str, **kwargs: object) -> subprocess.Popen:
+        return subprocess.Popen(["speechmed", *args, "--address", ray_address, "--json"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kwargs)
+
+    stages = ("ingest", "prefilter", "sim", "normalize")
+    clean = _uri(s3_endpoint, "kill-clean")
+    proc = speechmed("run", str(config), "--run", clean)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    expected = {s: sorted(committed_ids(clean, s)) for s in stages}
+    rng = random.Random(3)
+    for trial in range(3):
+        uri = _uri(s3_endpoint, f"kill-{trial}")
+        driver = speechmed("run", str(config), "--run", uri, start_new_session=True)
+        # Kill once the middle stage has committed a random number of parts.
+        wanted, deadline = rng.randint(1, 8), time.monotonic() + 120
+        while len(RunDir(uri).commits("sim")) < wanted and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+        assert len(RunDir(uri).seals("normalize")) < 4, f"trial {trial}: the kill came after the run finished"
+        resume = speechmed("resume", uri) if RunDir(uri).exists() else speechmed("run", str(config), "--run", uri)
+        assert resume.wait(timeout=300) == 0, f"trial {trial}: {resume.stderr.read()}"
+        for name in stages:
+            ids = committed_ids(uri, name)
+            assert not [i for i, n in Counter(ids).items() if n > 1], f"trial {trial}: {name} has duplicates"
+            assert sorted(ids) == expected[name], f"trial {trial}: {name} differs from the clean run"
+        assert verify(RunDir(uri)) == []
