@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import soundfile
@@ -145,3 +146,18 @@ def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float, offset: int
         return np.asarray(speech, dtype=np.float32)
     gain = np.sqrt(speech_power / (noise_power * 10 ** (snr_db / 10)))
     return np.clip(speech + gain * bed, -1.0, 1.0).astype(np.float32)
+
+
+def write_cough_like_clips(folder: str | Path, clips: list[tuple[int, float]], seed: int = 0,
+                           subtype: str | None = None) -> Path:
+    """Cough-like clips (a decaying noise burst with a fast attack), one WAV per (rate,
+    seconds), `cough-<i>.wav`: no cough recordings ship with any package, so the demo, the
+    tests and the benchmarks make these; real runs read SoundDr / CoughVid files."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i, (rate, seconds) in enumerate(clips):
+        n = int(rate * seconds)
+        envelope = np.exp(-np.linspace(0, 8, n)) * np.minimum(1, np.linspace(0, 40, n))
+        soundfile.write(folder / f"cough-{i}.wav", 0.8 * envelope * rng.standard_normal(n), rate, subtype=subtype)
+    return folder

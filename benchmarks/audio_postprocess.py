@@ -34,11 +34,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import soundfile
 import soxr
 from _common import REPO, machine
 
-from actors.audio import RATE, flac_bytes, splice, to_mono_16k
+from actors.audio import RATE, flac_bytes, splice, to_mono_16k, write_cough_like_clips
 from actors.audio_qc import qc_scores
 from actors.engines.espeak_engine import EspeakEngine
 from actors.engines.tts import TTSConfig
@@ -92,12 +91,7 @@ def make_turns(rate: int, voices: int) -> list[tuple[str, list[np.ndarray]]]:
 
 def write_coughs(folder: Path) -> Path:
     """Cough-like clips: decaying noise bursts with a fast attack, at the rates real files come in."""
-    rng = np.random.default_rng(0)
-    for i, (rate, seconds) in enumerate([(44_100, 0.35), (16_000, 0.5), (22_050, 0.3), (44_100, 0.6), (16_000, 0.25)]):
-        n = int(rate * seconds)
-        envelope = np.exp(-np.linspace(0, 8, n)) * np.minimum(1, np.linspace(0, 40, n))
-        soundfile.write(folder / f"cough-{i}.wav", 0.8 * envelope * rng.standard_normal(n), rate)
-    return folder
+    return write_cough_like_clips(folder, [(44_100, 0.35), (16_000, 0.5), (22_050, 0.3), (44_100, 0.6), (16_000, 0.25)])
 
 
 def process(turns: list[tuple[str, list[np.ndarray]]], coughs: list[tuple[str, np.ndarray]], n: int, rate: int,

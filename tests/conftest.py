@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -181,3 +182,10 @@ def voice_pool(tmp_path_factory: pytest.TempPathFactory) -> str:
     out = str(root.parent / "pool")
     build_pool({"aishell3": str(root)}, out)
     return out
+
+
+def speechmed_process(*args: str, address: str, **kwargs: object) -> subprocess.Popen[str]:
+    """`speechmed ARGS --address ADDRESS --json` as a child process (stderr kept for messages):
+    the crash tests run drivers they can SIGKILL."""
+    return subprocess.Popen(["speechmed", *args, "--address", address, "--json"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kwargs)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,7 +16,7 @@ import yaml
 
 from storage.rundir import RunDir
 from storage.verify import verify
-from tests.conftest import committed_ids, pipeline_config, write_dialogues
+from tests.conftest import committed_ids, pipeline_config, speechmed_process as _speechmed, write_dialogues
 
 STAGES = ("ingest", "prefilter", "sim", "normalize")
 
@@ -36,11 +35,6 @@ def _config(tmp: Path) -> Path:
     path = tmp / "pipeline.yaml"
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
     return path
-
-
-def _speechmed(*args: str, address: str, **kwargs: object) -> subprocess.Popen:
-    return subprocess.Popen(["speechmed", *args, "--address", address, "--json"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
 def _exported(run: Path) -> list[str]:

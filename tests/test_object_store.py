@@ -128,9 +128,10 @@ def test_sigkill_driver_on_s3_then_resume_is_exactly_once(s3_endpoint: str, ray_
     config = tmp_path / "pipeline.yaml"
     config.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
 
+    from tests.conftest import speechmed_process
+
     def speechmed(*args: str, **kwargs: object) -> subprocess.Popen:
-        return subprocess.Popen(["speechmed", *args, "--address", ray_address, "--json"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kwargs)
+        return speechmed_process(*args, address=ray_address, **kwargs)
 
     stages = ("ingest", "prefilter", "sim", "normalize")
     clean = _uri(s3_endpoint, "kill-clean")

@@ -9,20 +9,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-import pytest
-import soundfile
 import yaml
 
 from schemas import SynthesizedTurn, from_table
 from storage.rundir import RunDir
 from storage.verify import verify
-from tests.conftest import committed_ids, pipeline_config
+from actors.audio import write_cough_like_clips
+from tests.conftest import committed_ids, pipeline_config, speechmed_process as _speechmed
 
 STAGES = ("ingest", "voice", "speak")
 
@@ -44,13 +41,7 @@ def _source(path: Path, count: int) -> Path:
 
 
 def _coughs(folder: Path) -> Path:
-    folder.mkdir()
-    rng = np.random.default_rng(4)
-    for i, seconds in enumerate((0.3, 0.45, 0.6)):
-        n = int(16_000 * seconds)
-        envelope = np.exp(-np.linspace(0, 8, n)) * np.minimum(1, np.linspace(0, 40, n))
-        soundfile.write(folder / f"cough-{i}.wav", 0.8 * envelope * rng.standard_normal(n), 16_000)
-    return folder
+    return write_cough_like_clips(folder, [(16_000, s) for s in (0.3, 0.45, 0.6)], seed=4)
 
 
 def _config(tmp: Path, pool: str) -> Path:
@@ -66,11 +57,6 @@ def _config(tmp: Path, pool: str) -> Path:
     path = tmp / "pipeline.yaml"
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
     return path
-
-
-def _speechmed(*args: str, address: str, **kwargs: object) -> subprocess.Popen:
-    return subprocess.Popen(["speechmed", *args, "--address", address, "--json"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
 def _turns(run: Path) -> dict[str, SynthesizedTurn]:

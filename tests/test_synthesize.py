@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from actors.audio import RATE, decode
+from actors.audio import RATE, decode, write_cough_like_clips
 from actors.registry import build_stage
 from actors.worker import check_reconciles
 from pipeline.config import parse_config
@@ -26,12 +26,7 @@ VOICE = VoiceChoice(engine="zero_shot", match="gender_age", seed=5, speaker_gend
 @pytest.fixture(scope="module")
 def cough_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Cough-like clips: shaped noise bursts (no cough recordings ship with any package)."""
-    folder = tmp_path_factory.mktemp("coughs")
-    rng = np.random.default_rng(0)
-    for i, (rate, seconds) in enumerate([(44_100, 0.35), (16_000, 0.5), (22_050, 0.3)]):
-        n = int(rate * seconds)
-        envelope = np.exp(-np.linspace(0, 8, n)) * np.minimum(1, np.linspace(0, 40, n))
-        soundfile.write(folder / f"cough-{i}.wav", 0.8 * envelope * rng.standard_normal(n), rate)
+    folder = write_cough_like_clips(tmp_path_factory.mktemp("coughs"), [(44_100, 0.35), (16_000, 0.5), (22_050, 0.3)])
     (folder / "notes.txt").write_text("not audio, ignored")
     return folder
 

@@ -14,10 +14,9 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import soundfile
 
-from actors.audio import RATE, to_mono_16k
+from actors.audio import RATE, to_mono_16k, write_cough_like_clips
 from actors.engines.tts import TTSConfig, build_tts
 from schemas import VoiceChoice
 
@@ -74,10 +73,4 @@ def _make(folder: Path) -> None:
         engine.close()
     (corpus / "spk-info.txt").write_text("\n".join(info) + "\n", encoding="utf-8")
     (corpus / "train" / "content.txt").write_text("\n".join(content) + "\n", encoding="utf-8")
-    coughs = folder / "coughs"
-    coughs.mkdir()
-    rng = np.random.default_rng(0)
-    for i, seconds in enumerate((0.3, 0.45, 0.6)):
-        count = int(RATE * seconds)
-        envelope = np.exp(-np.linspace(0, 8, count)) * np.minimum(1, np.linspace(0, 40, count))
-        soundfile.write(coughs / f"cough-{i}.wav", 0.8 * envelope * rng.standard_normal(count), RATE, subtype="PCM_16")
+    write_cough_like_clips(folder / "coughs", [(RATE, s) for s in (0.3, 0.45, 0.6)], subtype="PCM_16")
