@@ -5,8 +5,8 @@ FLAC (16-bit) in the Hugging Face `Audio` layout.
 
 Recordings read from outside (cough and noise clips, reference voices) go through
 `load_audio`, which refuses what cannot be used with a reason code (`BadAudio`) instead of
-passing it on: not audio, no samples, longer than the caller allows (judged from the
-header, before decoding), or samples that are NaN or infinite (float WAVs can hold them;
+passing it on: not audio, cut off short of the length its header gives (`truncation`), no
+samples, longer than the caller allows (judged from the header, before decoding), or samples that are NaN or infinite (float WAVs can hold them;
 one NaN spreads through resampling, loudness matching and mixing, and 16-bit FLAC cannot
 store it). Non-finite samples are refused rather than zeroed: a file holding them is
 broken, and silently repairing it would hide that.
@@ -15,7 +15,9 @@ broken, and silently repairing it would hide that.
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
+from typing import BinaryIO
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +33,7 @@ def to_mono_16k(samples: np.ndarray, rate: int) -> np.ndarray:
     if x.ndim == 2:
         x = x.mean(axis=1)
     if rate != RATE and len(x):
-        x = soxr.resample(x, rate, RATE, quality="HQ").astype(np.float32)
+        x = soxr.resample(x, rate, RATE, quality="HQ").astype(np.float32, copy=False)
     return x
 
 
@@ -59,6 +61,47 @@ class BadAudio(ValueError):
         self.code = code
 
 
+def _wav_shortfall(head: bytes, size: int) -> str | None:
+    """For a RIFF/RIFX WAVE file: why its `data` chunk is cut off ("" when it is whole);
+    None when `head` is not a WAVE header."""
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+        return None
+    order, pos = ("<" if head[:4] == b"RIFF" else ">"), 12
+    while pos + 8 <= len(head):
+        chunk, length = head[pos:pos + 4], struct.unpack(f"{order}I", head[pos + 4:pos + 8])[0]
+        if chunk == b"data":
+            missing = pos + 8 + length - size
+            # 0 and 0xFFFFFFFF: a streaming writer that did not know the length.
+            if length in (0, 0xFFFFFFFF) or missing <= 0:
+                return ""
+            return f"its data chunk holds {length:,} bytes but the file ends {missing:,} bytes short of them"
+        pos += 8 + length + (length & 1)
+    return ""
+
+
+def truncation(f: BinaryIO) -> str | None:
+    """Why an encoded audio file ends short of the length its header gives, or None.
+
+    libsndfile reads a cut-off WAV quietly (as many frames as are there), so a WAV's `data`
+    chunk is checked against the file's size; any other format (FLAC) must be able to seek
+    to its last frame and read it. Cheap: the header and one frame, never the whole file."""
+    f.seek(0)
+    head, size = f.read(1 << 16), f.seek(0, io.SEEK_END)
+    wav = _wav_shortfall(head, size)
+    if wav is not None:
+        return wav or None
+    f.seek(0)
+    try:
+        with soundfile.SoundFile(f) as sound:
+            if sound.frames > 0:
+                sound.seek(sound.frames - 1)
+                if len(sound.read(1)) != 1:
+                    return f"its header gives {sound.frames:,} frames but the last cannot be read"
+    except (soundfile.LibsndfileError, RuntimeError) as exc:
+        return f"its last frame cannot be read ({exc})"
+    return None
+
+
 def load_audio(data: bytes, where: str, *, max_s: float | None = None) -> np.ndarray:
     """Encoded audio (WAV, FLAC, OGG; any rate, any number of channels) as checked 16 kHz
     mono float32. BadAudio, naming `where`, with code `unreadable_audio` (not audio
@@ -69,6 +112,10 @@ def load_audio(data: bytes, where: str, *, max_s: float | None = None) -> np.nda
         if max_s is not None and info.samplerate and info.frames / info.samplerate > max_s:
             raise BadAudio("too_long", f"{where}: {info.frames / info.samplerate:.1f} s, over the {max_s:g} s allowed "
                            "here; cut it or remove it")
+        cut = truncation(io.BytesIO(data))
+        if cut:
+            raise BadAudio("unreadable_audio", f"{where}: cut off: {cut}; the file is incomplete, copy it again or "
+                           "remove it")
         samples, rate = decode(data)
     except (soundfile.LibsndfileError, RuntimeError) as exc:
         raise BadAudio("unreadable_audio", f"{where}: not readable audio ({exc}); replace or remove the file") from None

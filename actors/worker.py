@@ -40,6 +40,7 @@ class StageSpec(BaseModel):
     fingerprint: str
     micro_batch_size: int
     max_row_retries: int
+    num_gpus: float = 0.0  # what the actor holds; recorded in each commit marker (GPU-hours)
 
 
 class ReconcileError(RuntimeError):
@@ -150,4 +151,5 @@ class PartRunner:
             elapsed_s=time.perf_counter() - started,
             session=self.session,
             fence=self.fence,
+            num_gpus=self.spec.num_gpus,
         )

@@ -13,8 +13,11 @@ Pipeline  `speechmed run` (driver, scheduler, `--workers` Ray actors of the synt
 Bare      `--workers` plain processes (multiprocessing, spawn; no Ray, no pipeline code),
           each looping over its share of the same dialogues (dealt round-robin): the
           engine's `begin_dialogue` (as the stage calls it, so the audio is the same), then
-          per patient turn `EspeakEngine.synthesize` → `to_mono_16k` → `flac_bytes`, nothing
-          written; `--bare-no-reset` leaves `begin_dialogue` out.
+          per patient turn `EspeakEngine.synthesize` → `to_mono_16k` → `flac_bytes` → the
+          FLAC written to a file of its own (the paper's scripts write each turn's audio to a
+          file; the pipeline's output is persisted too, so a loop that drops its audio does
+          less than the job). `--bare-no-write` drops it instead; `--bare-no-reset` leaves
+          `begin_dialogue` out.
           Steady state: each worker from its first turn to its last (the engines are loaded
           before); with start-up: from starting the processes to the last result. The
           workers run at Ray's worker niceness (15), as the actors do, unless `--bare-nice`
@@ -53,6 +56,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -269,16 +273,30 @@ def jobs_of(rundir: RunDir) -> dict[int, list[list[Job]]]:
     return shards
 
 
-def bare_loop(engine: EspeakEngine, dialogues: list[list[Job]], with_qc: bool, reset: bool, warm_after: int = 0) -> dict:
+@dataclass(frozen=True)
+class Bare:
+    """What the bare loop does besides synthesising: the audio checks, the engine's
+    per-dialogue reset, writing each turn's FLAC to a file of its own in `write_to` (as the
+    paper's scripts write each turn's audio; None: the encoded bytes are dropped)."""
+
+    with_qc: bool
+    reset: bool
+    write_to: str | None
+
+
+def bare_loop(engine: EspeakEngine, dialogues: list[list[Job]], bare: Bare, warm_after: int = 0) -> dict:
     """The bare loop over some dialogues: seconds per step, turns, audio; and where it
     stood (time, CPU, turns, audio) after the first `warm_after` dialogues."""
-    steps = dict.fromkeys(("begin_dialogue", "engine", "resample", "qc", "flac"), 0.0)
+    steps = dict.fromkeys(("begin_dialogue", "engine", "resample", "qc", "flac", "write"), 0.0)
+    folder = Path(bare.write_to, str(os.getpid())) if bare.write_to else None
+    if folder:
+        folder.mkdir(parents=True, exist_ok=True)
     turns, audio_s, flac, mark = 0, 0.0, 0, None
     for k, jobs in enumerate(dialogues):
         if k == warm_after:
             mark = {"at": time.time(), "cpu_s": time.process_time(), "turns": turns, "audio_s": audio_s}
         t0 = time.perf_counter()
-        if reset:
+        if bare.reset:
             engine.begin_dialogue()  # as the stage does: the dialogue's audio independent of what came before
         steps["begin_dialogue"] += time.perf_counter() - t0
         voice_state = DialogueVoice()
@@ -288,25 +306,30 @@ def bare_loop(engine: EspeakEngine, dialogues: list[list[Job]], with_qc: bool, r
             t1 = time.perf_counter()
             audio = to_mono_16k(samples, rate)
             t2 = time.perf_counter()
-            if with_qc:
+            if bare.with_qc:
                 qc_scores(audio, RATE, text)
             t3 = time.perf_counter()
-            flac += len(flac_bytes(audio))
+            encoded = flac_bytes(audio)
+            flac += len(encoded)
             t4 = time.perf_counter()
-            for name, seconds in zip(("engine", "resample", "qc", "flac"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            if folder:
+                (folder / f"{turns}.flac").write_bytes(encoded)
+            t5 = time.perf_counter()
+            for name, seconds in zip(("engine", "resample", "qc", "flac", "write"),
+                                     (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
                 steps[name] += seconds
             turns, audio_s = turns + 1, audio_s + len(audio) / RATE
     return {"turns": turns, "audio_s": audio_s, "flac_bytes": flac, "steps_s": steps, "mark": mark}
 
 
-def bare_worker(dialogues: list[list[Job]], with_qc: bool, reset: bool, niceness: int, warm_after: int,
+def bare_worker(dialogues: list[list[Job]], bare: Bare, niceness: int, warm_after: int,
                 ready: mp.Barrier, results: mp.Queue) -> None:
     """One plain process: the engine, then the bare loop over its dialogues."""
     os.nice(niceness)
     engine = EspeakEngine(TTSConfig())  # the stage's default engine configuration
     ready.wait()
     started, cpu = time.time(), time.process_time()
-    done = bare_loop(engine, dialogues, with_qc, reset, warm_after)
+    done = bare_loop(engine, dialogues, bare, warm_after)
     finished, cpu_end = time.time(), time.process_time()
     mark = done.pop("mark") or {"at": started, "cpu_s": cpu, "turns": 0, "audio_s": 0.0}  # fewer dialogues than that
     results.put({**done, "all": {"span_s": finished - started, "turns": done["turns"], "audio_s": done["audio_s"],
@@ -317,13 +340,13 @@ def bare_worker(dialogues: list[list[Job]], with_qc: bool, reset: bool, niceness
     engine.close()
 
 
-def bare_side(dialogues: list[list[Job]], workers: int, with_qc: bool, reset: bool, niceness: int, warm_after: int) -> dict:
+def bare_side(dialogues: list[list[Job]], workers: int, bare: Bare, niceness: int, warm_after: int) -> dict:
     ctx = mp.get_context("spawn")
     ready, results = ctx.Barrier(workers + 1), ctx.Queue()  # the workers and this process
     shares = [dialogues[w::workers] for w in range(workers)]
     load = os.getloadavg()[0]
     began = time.time()
-    procs = [ctx.Process(target=bare_worker, args=(share, with_qc, reset, niceness, warm_after, ready, results))
+    procs = [ctx.Process(target=bare_worker, args=(share, bare, niceness, warm_after, ready, results))
              for share in shares]
     for p in procs:
         p.start()
@@ -349,7 +372,7 @@ def bare_side(dialogues: list[list[Job]], workers: int, with_qc: bool, reset: bo
 
 
 def in_process_side(rundir: RunDir, config: Path, shards: dict[int, list[list[Job]]], batch: int, parts: int,
-                    with_qc: bool, reset: bool) -> dict:
+                    bare: Bare) -> dict:
     """`PartRunner.run_part` in this process, no Ray, on the first `parts` micro-batches,
     and the bare loop over the same dialogues in the same process, twice in turn after a
     warm-up: CPU per turn of each."""
@@ -361,15 +384,15 @@ def in_process_side(rundir: RunDir, config: Path, shards: dict[int, list[list[Jo
     runner, engine = PartRunner(rundir.uri, spec, None, "in-process"), EspeakEngine(TTSConfig())
     # Untimed warm-up: the first call reads the shard and touches code and data once.
     runner.run_part(*calls[0], seals[calls[0][0]].parts)
-    bare_loop(engine, shards[calls[0][0]][:batch], with_qc, reset)
+    bare_loop(engine, shards[calls[0][0]][:batch], bare)
     rounds = []
     for _ in range(2):
         cpu = time.process_time()
         turns = sum(runner.run_part(shard, part, seals[shard].parts).rows_out for shard, part in calls)
         stage_ms = 1000 * (time.process_time() - cpu) / turns
         cpu = time.process_time()
-        bare = bare_loop(engine, dialogues, with_qc, reset)
-        bare_ms = 1000 * (time.process_time() - cpu) / bare["turns"]
+        looped = bare_loop(engine, dialogues, bare)
+        bare_ms = 1000 * (time.process_time() - cpu) / looped["turns"]
         rounds.append({"stage_ms_per_turn": stage_ms, "bare_ms_per_turn": bare_ms, "ratio": bare_ms / stage_ms})
     runner.close()
     engine.close()
@@ -390,6 +413,8 @@ def main() -> None:
                         help="niceness of the bare workers; default: that of Ray's workers, so that other users' "
                         "load takes the same share from both sides (0: an ordinary process)")
     parser.add_argument("--bare-qc", action="store_true", help="the bare loop also runs the stage's audio checks")
+    parser.add_argument("--bare-no-write", action="store_true",
+                        help="the bare loop drops each turn's FLAC instead of writing it to a file")
     parser.add_argument("--bare-no-reset", action="store_true",
                         help="the bare loop skips the engine's per-dialogue reset (`begin_dialogue`) the stage makes")
     args = parser.parse_args()
@@ -404,7 +429,9 @@ def main() -> None:
         shards = jobs_of(rundir)
         dialogues = [d for shard in sorted(shards) for d in shards[shard]]
         # Each bare worker's steady state starts after as many dialogues as an actor's first micro-batch.
-        bare_args = (dialogues, args.workers, args.bare_qc, not args.bare_no_reset, args.bare_nice, args.batch)
+        options = Bare(with_qc=args.bare_qc, reset=not args.bare_no_reset,
+                       write_to=None if args.bare_no_write else str(tmp / "bare"))
+        bare_args = (dialogues, args.workers, options, args.bare_nice, args.batch)
         # Bare runs before and after the pipeline's (each with no Ray running), so a change
         # in the machine's load during the benchmark shows up as a difference between them.
         bare = [bare_side(*bare_args)]
@@ -415,8 +442,7 @@ def main() -> None:
             pipe = {"load_average_1min_before": load, **pipeline_side(rundir, wall, sampler)}
         bare.append(bare_side(*bare_args))
         # Last: it commits its parts over the measured run's (the same names and rows).
-        in_process = in_process_side(rundir, config, shards, args.batch, args.in_process_parts, args.bare_qc,
-                                     not args.bare_no_reset)
+        in_process = in_process_side(rundir, config, shards, args.batch, args.in_process_parts, options)
 
     def compare(rate: Callable[[dict], dict]) -> dict:
         runs = [rate(b) for b in bare]
@@ -435,7 +461,7 @@ def main() -> None:
     result = {
         "machine": machine(), "engine": "espeak", "dialogues_written": args.dialogues, "workers": args.workers,
         "cpus_per_actor": args.cpus, "micro_batch": args.batch, "shards": args.shards, "bare_qc": args.bare_qc,
-        "bare_reset": not args.bare_no_reset, "bare_niceness": args.bare_nice,
+        "bare_reset": not args.bare_no_reset, "bare_writes": not args.bare_no_write, "bare_niceness": args.bare_nice,
         "pipeline": pipe, "bare": bare, "in_process": in_process,
         # Steady state: the sum of the workers' own rates, each from the end of its first
         # micro-batch (an actor's first call also pays first-use costs) to its last turn;

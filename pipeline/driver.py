@@ -68,6 +68,7 @@ def stage_specs(config: PipelineConfig, prints: dict[str, str]) -> list[StageSpe
             name=stage.name, kind=stage.kind, params=stage.params, run_seed=config.seed,
             upstream=upstream, fingerprint=prints[stage.name],
             micro_batch_size=stage.micro_batch_size, max_row_retries=stage.max_row_retries,
+            num_gpus=stage.resources.num_gpus,
         ))
         upstream = stage.name
     return specs

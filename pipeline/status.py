@@ -83,8 +83,9 @@ def gpu_hours(commits: Iterable[PartCommit], num_gpus: float) -> float:
     `num_gpus` GPUs for its life, and micro-batches in flight at once in it
     (parts_in_flight_per_actor on a concurrent stage) share those GPUs. So per
     (session, worker) the busy time is the union of its parts' intervals, not their sum,
-    and GPU-hours = Σ over workers of busy seconds × num_gpus / 3600. A restarted actor is
-    a new process, hence a new worker.
+    and GPU-hours = Σ over workers of busy seconds × its GPUs / 3600, the GPUs its markers
+    record (`num_gpus` here for markers that predate the field). A restarted actor is a
+    new process, hence a new worker.
 
     What it leaves out, so it is a lower bound on the GPU-hours billed: engine load time,
     idle gaps between micro-batches, and work that was never committed (a part lost to a
@@ -93,19 +94,18 @@ def gpu_hours(commits: Iterable[PartCommit], num_gpus: float) -> float:
     ends just before the part's files are written and `committed_at` just after, so each
     interval sits later than the work by the write time, which leaves its length right.
     """
-    if not num_gpus:
-        return 0.0
     by_worker: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    held: dict[tuple[str, str], float] = {}
     for c in commits:
         by_worker[(c.session, c.worker)].append((c.committed_at - c.elapsed_s, c.committed_at))
-    return sum(busy_seconds(intervals) for intervals in by_worker.values()) * num_gpus / 3600
+        held[(c.session, c.worker)] = num_gpus if c.num_gpus is None else c.num_gpus
+    return sum(busy_seconds(intervals) * held[w] for w, intervals in by_worker.items() if held[w]) / 3600
 
 
 def stage_gpus(config: dict) -> dict[str, float]:
-    """GPUs per actor of each stage, from a run's config snapshot (run.json).
-
-    Commit markers do not record the resources their actor held; resources never change a
-    fingerprint, so a run resumed with other `num_gpus` is counted at the latest value."""
+    """GPUs per actor of each stage, from a run's config snapshot (run.json): the latest
+    value (resources never change a fingerprint, so a resumed run may hold others). Commit
+    markers record what their actor held; this counts the markers that predate that."""
     return {s["name"]: float(s.get("resources", {}).get("num_gpus", 0)) for s in config.get("stages", [])}
 
 

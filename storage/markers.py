@@ -41,6 +41,8 @@ class PartCommit(_Marker):
     elapsed_s: float
     worker: str = Field(description="host:pid of the process that committed the part")
     session: str = Field(description="id of the driver session that dispatched it")
+    num_gpus: float | None = Field(None, description="GPUs its actor held (None: not recorded, markers of "
+                                   "earlier versions)")
 
     def files(self) -> list[FileEntry]:
         return [self.output] + ([self.rejected] if self.rejected else [])

@@ -3,7 +3,7 @@
 Reports a truncated or altered file (size / checksum), a deleted one, a row count that
 differs from its marker, seals that disagree with their parts, missing parts of a sealed
 shard, markers, seals, stage stamps, run.json, the plan or the manifest that cannot be
-read, and foreign files that no marker accounts for. Files an interrupted run leaves
+read, manifest rows that disagree with the markers, and foreign files that no marker accounts for. Files an interrupted run leaves
 (temporary files, parts without a marker, an export without its marker) are reported as
 uncommitted leftovers, which `speechmed resume` removes or redoes.
 """
@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from storage.fs import is_temp, list_files
 from storage.lock import LOCK_NAME
-from storage.manifest import MANIFEST_SCHEMA
+from storage.manifest import MANIFEST_SCHEMA, build_manifest
 from storage.markers import ExportMarker, FileEntry, PartCommit, RunInfo, ShardSeal, StageStamp
 from storage.rundir import COMMIT_SUFFIX, DATASETS, MANIFEST, RUN_JSON, SEALED, STAGE_STAMP, RunDir
 
@@ -177,12 +177,48 @@ def _check_bookkeeping(rundir: RunDir, sizes: dict[str, int]) -> list[Problem]:
             problems.append(Problem(PLAN_JSON, f"unreadable: {exc}"))
     if rundir.abs(MANIFEST) in sizes:
         try:
-            schema = pq.read_table(rundir.abs(MANIFEST), filesystem=rundir.loc.fs).schema
+            table = pq.read_table(rundir.abs(MANIFEST), filesystem=rundir.loc.fs)
         except (OSError, ValueError) as exc:
             problems.append(Problem(MANIFEST, f"unreadable (`speechmed manifest` writes it again): {exc}"))
         else:
-            if not schema.equals(MANIFEST_SCHEMA, check_metadata=False):
+            if not table.schema.equals(MANIFEST_SCHEMA, check_metadata=False):
                 problems.append(Problem(MANIFEST, "not a manifest's columns (`speechmed manifest` writes it again)"))
+            else:
+                problems += _check_manifest_rows(rundir, table.to_pylist())
+    return problems
+
+
+def _check_manifest_rows(rundir: RunDir, rows: list[dict]) -> list[Problem]:
+    """The manifest's rows against the commit markers it was built from (it has no checksum
+    of its own: it is derived, so it is compared with what it derives from). Parts committed
+    after it was written (a run stopped before its end writes none) are not missing; a row
+    that disagrees with its marker, has none, or is absent although older than the newest
+    row, is a problem."""
+    stages = list(dict.fromkeys(row["stage"] for row in rows))
+    expected = {(r["stage"], r["shard"], r["part"]): r for r in build_manifest(rundir, stages).to_pylist()}
+    newest = max((row["committed_at"] for row in rows), default=0.0)
+    fix = "(`speechmed manifest` writes it again from the markers)"
+    problems, seen = [], set()
+    for row in rows:
+        key = (row["stage"], row["shard"], row["part"])
+        name = f"{key[0]} shard {key[1]} part {key[2]}"
+        marker = expected.get(key)
+        if key in seen:
+            problems.append(Problem(MANIFEST, f"{name} is listed twice {fix}"))
+        elif marker is None:
+            problems.append(Problem(MANIFEST, f"{name} has no commit marker {fix}"))
+        else:
+            # A shard sealed after the manifest was written is fine; the reverse is not.
+            differ = [k for k in row if k != "sealed" and row[k] != marker[k]]
+            differ += ["sealed"] if row["sealed"] and not marker["sealed"] else []
+            if differ:
+                problems.append(Problem(MANIFEST, f"{name}: {', '.join(differ)} differ from its commit marker {fix}"))
+        seen.add(key)
+    missing = [k for k, marker in expected.items() if k not in seen and marker["committed_at"] <= newest]
+    if missing:
+        shown = ", ".join(f"{s} shard {sh} part {p}" for s, sh, p in missing[:5])
+        problems.append(Problem(MANIFEST, f"{len(missing)} committed part(s) not listed although older than its newest "
+                                f"row: {shown}{', ...' if len(missing) > 5 else ''} {fix}"))
     return problems
 
 

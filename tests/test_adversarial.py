@@ -8,8 +8,8 @@ without a byte-order mark, a 1 MB turn) and `EXPECTED` says what `SourceFormat.i
 stream ingestion reads) must give for each format. Links leaving a source folder, link loops
 and dangling links go through every format too. Then: ShareGPT roles, overlong lines, the
 planner over a folder of adversarial records, the text stages (the longest turn ingest
-lets through; turns with nothing to say), and `AUDIO_CASES` (zero-length, corrupt, NaN,
-infinite, 10-minute, stereo 44.1 kHz, 8 kHz, a link out of the folder) through every audio
+lets through; turns with nothing to say), and `AUDIO_CASES` (zero-length, corrupt, cut-off
+FLAC and WAV, NaN, infinite, 10-minute, stereo 44.1 kHz, 8 kHz, a link out of the folder) through every audio
 loader: cough clips, noise clips, the doctor's reference clip, the voice-pool builder and the
 training reader; a TTS engine emitting NaN; names that would leave the run directory.
 
@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import opencc
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -158,8 +159,8 @@ _CSV = ("cmexam", "medsafety")
 _TXT = ("meddg", "meddialog")
 # The reasons each damaged file gives, by format (None: read like its UTF-8 original).
 EXPECTED: dict[str, dict[str, set[str] | None]] = {
-    "empty": {f: {"ingest.no_input"} for f in CORPORA},
-    "blank": {**{f: {"ingest.no_input"} for f in _JSON + _TXT}, **{f: {"ingest.bad_header"} for f in _CSV}},
+    "empty": {f: {"ingest.empty_file"} for f in CORPORA},
+    "blank": {**{f: {"ingest.empty_file"} for f in _JSON + _TXT}, **{f: {"ingest.bad_header"} for f in _CSV}},
     "binary": {**{f: {"ingest.malformed", "ingest.bad_encoding"} for f in _JSON},
                **{f: {"ingest.bad_header"} for f in _CSV}, **{f: {"ingest.unsupported_file"} for f in _TXT}},
     "utf16_bom": {f: None for f in CORPORA},
@@ -192,11 +193,49 @@ def test_damaged_files_are_quarantined_with_a_reason(tmp_path: Path, fmt: str, c
         return
     assert found and {i.reason for i in found} == expected
     for item in found:
-        assert_clear(item, path if item.reason != "ingest.no_input" else root)
+        assert_clear(item, path)
     if case == "gigantic_turn":
         (item,) = found
         assert "characters, over the 10,000 a spoken turn may have (MAX_TURN_CHARS)" in item.detail
         assert len(item.raw) <= 100_000  # the quarantined copy is bounded too
+
+
+def traditional(text: str) -> str:
+    return opencc.OpenCC("s2tw").convert(text)
+
+
+# CMB's exam-type filter and MedDialog's speaker labels are Simplified words, which a
+# converted file no longer has.
+@pytest.mark.parametrize("fmt", sorted(set(CORPORA) - {"cmb_exam", "meddialog"}))
+def test_a_big5_file_is_read_as_big5_not_as_gbk(tmp_path: Path, fmt: str) -> None:
+    """Big5 bytes also decode as GB18030, into rare characters: the sniffer must tell them apart."""
+    place(tmp_path / "corpus", fmt, traditional(CORPORA[fmt].write(TEXT)).encode("big5"))
+    found = items(fmt, tmp_path / "corpus")
+    assert [i.reason for i in found] == [""] and traditional(TEXT) in patient_texts(found)[0]
+
+
+def test_gbk_text_with_traditional_characters_stays_gbk(tmp_path: Path) -> None:
+    place(tmp_path / "corpus", "sharegpt", CORPORA["sharegpt"].write(traditional(TEXT)).encode("gbk"))
+    assert traditional(TEXT) in patient_texts(items("sharegpt", tmp_path / "corpus"))[0]
+
+
+# Formats that read every matching file of a folder: an empty file beside a good one.
+EMPTY_SIBLINGS = {"sharegpt": "data/more.jsonl", "cmb_exam": "CMB-val/CMB-val-merge.json", "cmexam": "data/dev.csv",
+                  "meddialog": "2021.txt", "medsafety": "train/gpt4/med_safety_demonstrations_category_2.csv"}
+
+
+@pytest.mark.parametrize("fmt", sorted(EMPTY_SIBLINGS))
+def test_an_empty_file_beside_good_ones_is_reported_by_name(tmp_path: Path, fmt: str) -> None:
+    root = tmp_path / "corpus"
+    place(root, fmt, CORPORA[fmt].write(TEXT).encode())
+    empty = root / EMPTY_SIBLINGS[fmt]
+    empty.parent.mkdir(parents=True, exist_ok=True)
+    empty.write_bytes(b"")
+    found = items(fmt, root)
+    assert sorted(i.reason for i in found) == ["", "ingest.empty_file"] and TEXT in patient_texts(found)[0]
+    (item,) = [i for i in found if i.reason]
+    assert item.location == str(empty)
+    assert_clear(item, empty)
 
 
 @pytest.mark.parametrize("fmt", sorted(CORPORA))
@@ -322,6 +361,32 @@ def test_an_overlong_line_is_never_held_whole(tmp_path: Path, monkeypatch: pytes
     assert peak < 8 << 20, f"peak {peak >> 20} MiB"
 
 
+def test_a_gigantic_json_string_is_never_held_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 40 MiB string in a JSON array under a 1 MiB limit: the file is reported from that
+    record on (the parser cannot resume inside it), the records before are kept, and the
+    parser never builds the string."""
+    import tracemalloc
+
+    monkeypatch.setattr(common, "MAX_LINE_BYTES", 1 << 20)
+    path = tmp_path / "in.json"
+    good = json.dumps({"id": "a", "conversations": _conv(("human", TEXT), ("gpt", "建议就医。"))}, ensure_ascii=False)
+    with path.open("w", encoding="utf-8") as f:
+        f.write(f'[{good}, {{"id": "b", "conversations": [{{"from": "human", "value": "')
+        for _ in range(40):
+            f.write("咳" * (1 << 18))  # 768 KiB of UTF-8 a time
+        f.write(f'"}}]}}, {good.replace(chr(34) + "a" + chr(34), chr(34) + "c" + chr(34))}]')
+    tracemalloc.start()
+    try:
+        found = items("sharegpt", path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [i.reason for i in found] == ["", "ingest.value_too_long"]
+    assert_clear(found[1], f"{path} after record 0")
+    assert "without a quote" in found[1].detail and "Records before this point were kept" in found[1].detail
+    assert peak < 8 << 20, f"peak {peak >> 20} MiB"
+
+
 def test_an_overlong_csv_line_ends_the_file_and_says_so(tmp_path: Path) -> None:
     root = tmp_path / "corpus"
     text = _cmexam(TEXT) + "x" * (common.MAX_LINE_BYTES + 1) + "\n" + _cmexam("第二题").split("\n", 1)[1]
@@ -368,9 +433,9 @@ def test_the_plan_quarantines_adversarial_records_and_reconciles(tmp_path: Path)
             table = pq.read_table(rundir.abs(commit.rejected.path), columns=["reason"])
             rejected += Counter(table.column("reason").to_pylist())
     assert rejected == {"ingest.turn_too_long": 1, "ingest.no_doctor_turn": 1, "ingest.dialogue_too_long": 1,
-                        "ingest.outside_root": 1}
+                        "ingest.outside_root": 1, "ingest.empty_file": 1}  # b.jsonl
     counts = json.loads((tmp_path / "run" / "plan" / "plan.json").read_text())["sources"]["adv"]
-    assert counts == {"read": 10, "written": 6, "rejected": 4}
+    assert counts == {"read": 11, "written": 6, "rejected": 5}
 
 
 # == text stages ===============================================================================
@@ -426,15 +491,16 @@ def _with(value: float) -> bytes:
     return _wav(samples, RATE, "FLOAT")
 
 
-def _truncated_flac() -> bytes:
-    data = _wav(_tone(2.0, RATE), RATE, fmt="FLAC")
+def _truncated(fmt: str) -> bytes:
+    data = _wav(_tone(2.0, RATE), RATE, fmt=fmt)
     return data[: len(data) // 2]
 
 
 AUDIO_CASES: dict[str, Callable[[], bytes]] = {
     "zero_length": lambda: _wav(np.zeros(0, np.float32), RATE),
     "corrupt": lambda: b"RIFF\x00\x00\x00\x00WAVEfmt garbage" + bytes(range(256)),
-    "truncated_flac": _truncated_flac,
+    "truncated_flac": lambda: _truncated("FLAC"),
+    "truncated_wav": lambda: _truncated("WAV"),  # libsndfile reads the half that is there, quietly
     "nan": lambda: _with(np.nan),
     "infinite": lambda: _with(np.inf),
     "ten_minutes": lambda: _wav(np.tile(_tone(1.0, RATE), 600), RATE),
@@ -446,21 +512,26 @@ OK = "ok"
 # What each loader makes of each case: OK, or the reason code it must name.
 AUDIO_EXPECTED: dict[str, dict[str, str]] = {
     "cough": {"zero_length": "empty_audio", "corrupt": "unreadable_audio", "truncated_flac": "unreadable_audio",
+              "truncated_wav": "unreadable_audio",
               "nan": "non_finite", "infinite": "non_finite", "ten_minutes": "too_long", "stereo_44k": OK,
               "mono_8k": OK, "link_out": "outside"},
     "noise": {"zero_length": "empty_audio", "corrupt": "unreadable_audio", "truncated_flac": "unreadable_audio",
+              "truncated_wav": "unreadable_audio",
               "nan": "non_finite", "infinite": "non_finite", "ten_minutes": OK, "stereo_44k": OK, "mono_8k": OK,
               "link_out": "outside"},
     # A path named in the config is the user's choice: a link there is followed.
     "doctor_voice": {"zero_length": "empty_audio", "corrupt": "unreadable_audio", "truncated_flac": "unreadable_audio",
+                     "truncated_wav": "unreadable_audio",
                      "nan": "non_finite", "infinite": "non_finite", "ten_minutes": "too_long", "stereo_44k": OK,
                      "mono_8k": OK, "link_out": OK},
-    # The pool probes headers only (a truncated FLAC's header is intact: the clip fails where
-    # it is decoded, as a rejected dialogue); float recordings are read whole for NaN.
-    "pool": {"zero_length": "voices.empty_audio", "corrupt": "voices.unreadable_clip", "truncated_flac": OK,
+    # The pool reads headers and each clip's last frame (`audio.truncation`); float
+    # recordings are read whole for NaN.
+    "pool": {"zero_length": "voices.empty_audio", "corrupt": "voices.unreadable_clip",
+             "truncated_flac": "voices.unreadable_clip", "truncated_wav": "voices.unreadable_clip",
              "nan": "voices.non_finite", "infinite": "voices.non_finite", "ten_minutes": "voices.too_long",
              "stereo_44k": OK, "mono_8k": OK, "link_out": "voices.outside_root"},
     "training": {"zero_length": "empty_audio", "corrupt": "unreadable_audio", "truncated_flac": "unreadable_audio",
+                 "truncated_wav": "unreadable_audio",
                  "nan": "non_finite", "infinite": "non_finite", "ten_minutes": OK, "stereo_44k": OK, "mono_8k": OK},
 }
 SECONDS = {"ten_minutes": 600.0, "stereo_44k": 2.0, "mono_8k": 2.0, "link_out": 1.0, "truncated_flac": 2.0}

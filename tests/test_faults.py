@@ -3,7 +3,7 @@ cluster; every trial must end with each stage's ids equal to a clean run's (no d
 none missing), in = out + rejected for every stage, and `verify` clean.
 
     fault                    where / how                                quick  slow  outcome
-    SIGKILL of the driver    its whole process group                      5     45   resume finishes
+    SIGKILL of the driver    its whole process group                      5     20   resume finishes
                              (tests/test_kill_driver.py)
     SIGKILL of processes     the ingest planner; one or all actors of     4+1   16   the run absorbs it
                              prefilter, sim, normalize; sim actors

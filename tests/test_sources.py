@@ -87,8 +87,10 @@ def test_leading_whitespace_and_blank_lines(tmp_path):
 def test_empty_files(tmp_path):
     (tmp_path / "empty.json").write_bytes(b"")
     (tmp_path / "array.json").write_bytes(b"[]")
-    assert read(str(tmp_path / "empty.json")) == []
-    assert read(str(tmp_path / "array.json")) == []
+    for name in ("empty.json", "array.json"):  # no record: one item naming the file, never nothing
+        (item,) = read(str(tmp_path / name))
+        assert item.reason == "ingest.empty_file" and item.location == str(tmp_path / name)
+        assert "holds no record" in item.detail
 
 
 def test_json_lines_across_read_chunks(tmp_path):

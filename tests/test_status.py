@@ -51,6 +51,19 @@ def test_gpu_hours_counts_each_workers_busy_time_once():
     assert gpu_hours(commits, 0) == 0.0
 
 
+def test_gpu_hours_uses_what_each_marker_recorded():
+    """Session s2 resumed the run with 1 GPU per actor instead of 0.5: its worker counts at 1,
+    session s1's at the 0.5 its markers recorded, whatever the config says now; markers that
+    record nothing (earlier versions) count at the config's value."""
+    held = {"s1": 0.5, "s2": 1.0}
+    commits = [_commit(i, *p).model_copy(update={"num_gpus": held[p[0]]}) for i, p in enumerate(PARTS)]
+    s1_busy, s2_busy = BUSY_S - 10, 10
+    expected = (s1_busy * 0.5 + s2_busy * 1.0) / 3600
+    assert gpu_hours(commits, 2) == pytest.approx(expected) and gpu_hours(commits, 0) == pytest.approx(expected)
+    unrecorded = [c.model_copy(update={"num_gpus": None}) if c.session == "s1" else c for c in commits]
+    assert gpu_hours(unrecorded, 2) == pytest.approx((s1_busy * 2 + s2_busy * 1.0) / 3600)
+
+
 def test_stage_gpus_reads_the_config_snapshot():
     config = {"stages": [{"name": "tts", "resources": {"num_gpus": 0.5}}, {"name": "clean", "resources": {}},
                          {"name": "asr"}]}

@@ -679,8 +679,35 @@ def _add(rel: str):
     return corrupt
 
 
+def _edit_manifest(name: str, edit):
+    """A plausible edit: the manifest rewritten as valid Parquet with its own schema."""
+    def corrupt(root: Path) -> None:
+        path = root / "manifest.parquet"
+        rows = edit(pq.read_table(path).to_pylist())
+        pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), path)
+    corrupt.__name__ = f"manifest:{name}"
+    return corrupt
+
+
+def _more_rows(rows: list[dict]) -> list[dict]:
+    return [{**rows[0], "rows_out": rows[0]["rows_out"] + 1}, *rows[1:]]
+
+
+def _other_checksum(rows: list[dict]) -> list[dict]:
+    return [*rows[:-1], {**rows[-1], "sha256": "0" * 64}]
+
+
+def _invented_part(rows: list[dict]) -> list[dict]:
+    return [*rows, {**rows[0], "part": 99}]
+
+
 # (corruption, the path the problem names, a fragment of its description)
 RUN_CORRUPTIONS = [
+    (_edit_manifest("rows_out", _more_rows), "manifest.parquet", "rows_out differ from its commit marker"),
+    (_edit_manifest("sha256", _other_checksum), "manifest.parquet", "sha256 differ from its commit marker"),
+    (_edit_manifest("row_dropped", lambda rows: rows[1:]), "manifest.parquet", "not listed although older"),
+    (_edit_manifest("row_twice", lambda rows: rows + rows[:1]), "manifest.parquet", "listed twice"),
+    (_edit_manifest("invented_part", _invented_part), "manifest.parquet", "part 99 has no commit marker"),
     (_alter(f"{OUT}/data/train-00000-of-00002.parquet", flipped), f"{OUT}/data/train-00000-of-00002.parquet", "checksum"),
     (_alter(f"{OUT}/data/train-00001-of-00002.parquet", truncated), f"{OUT}/data/train-00001-of-00002.parquet", "marker says"),
     (_delete(f"{OUT}/data/train-00000-of-00002.parquet"), f"{OUT}/data/train-00000-of-00002.parquet", "missing"),
@@ -747,3 +774,14 @@ def test_manifest_ignores_uncommitted_parts(run, tmp_path):
 def test_manifest_of_an_empty_run(rundir):
     table = write_manifest(rundir, ["ingest"])
     assert table.num_rows == 0 and table.schema == MANIFEST_SCHEMA
+
+
+def test_a_manifest_written_before_later_commits_is_not_a_problem(exported, tmp_path):
+    """A run stopped before its end writes no new manifest: parts committed after the last
+    one was written are simply not in it yet."""
+    def drop_newest(rows: list[dict]) -> list[dict]:
+        newest = max(rows, key=lambda row: row["committed_at"])
+        return [row for row in rows if row is not newest]
+
+    _edit_manifest("stale", drop_newest)(tmp_path / "run")
+    assert verify(exported) == []

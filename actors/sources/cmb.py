@@ -29,6 +29,7 @@ from actors.sources.common import (
     files_under,
     json_records,
     make_dialogue,
+    reports_empty_file,
 )
 from schemas import Turn, content_key
 
@@ -192,8 +193,14 @@ class CMBExam(SourceFormat):
                               f"({options.files!r}), so its records are not read; widen options.files or point "
                               f"the source at the file to read it")
                 continue
-            try:
-                for entry in json_records(path):
-                    yield entry if isinstance(entry, SourceItem) else map_cmb(entry[1], ref, entry[0], options, name.rsplit(".", 1)[0])
-            except FileNotFoundError as exc:
-                yield failure(path, "no_input", f"{exc}; check the source's path")
+            yield from self._read_file(ref, path, options)
+
+    @staticmethod
+    @reports_empty_file
+    def _read_file(ref: SourceRef, path: str, options: CMBExam.Options) -> Iterator[SourceItem]:
+        exam = path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        try:
+            for entry in json_records(path):
+                yield entry if isinstance(entry, SourceItem) else map_cmb(entry[1], ref, entry[0], options, exam)
+        except FileNotFoundError as exc:
+            yield failure(path, "no_input", f"{exc}; check the source's path")

@@ -26,6 +26,7 @@ from actors.sources.common import (
     files_under,
     header_index,
     make_dialogue,
+    reports_empty_file,
 )
 
 # -- CMExam -------------------------------------------------------------------------------
@@ -94,6 +95,7 @@ class CMExam(SourceFormat):
             except FileNotFoundError as exc:
                 yield failure(path, "no_input", f"{exc}; check the source's path")
 
+    @reports_empty_file
     def _read_file(self, ref: SourceRef, path: str) -> Iterator[SourceItem]:
         columns: dict[str, int] | None = None
         header: list[str] = []

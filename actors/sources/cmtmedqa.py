@@ -35,6 +35,7 @@ from actors.sources.common import (
     files_under,
     is_file,
     json_records,
+    reports_empty_file,
 )
 from schemas import content_key
 
@@ -90,6 +91,7 @@ def map_cmtmedqa(obj: Any, ref: SourceRef, where: str) -> SourceItem:
     return dialogue_from_utterances(ref, where, source_key, utterances, obj, **category)
 
 
+@reports_empty_file
 def read_cmtmedqa_file(ref: SourceRef, path: str) -> Iterator[SourceItem]:
     try:
         for entry in json_records(path):

@@ -10,7 +10,9 @@ reads): a link that leads out of a source folder is reported, not followed
 (`ingest.outside_root`, `ingest.broken_link`); a dialogue too long to be spoken is
 quarantined (`ingest.turn_too_long` over `MAX_TURN_CHARS` in one turn,
 `ingest.dialogue_too_long` over `MAX_DIALOGUE_CHARS` in all); a source that yields nothing
-at all (an empty file or folder) is one `ingest.no_input` item, so it shows in the counts.
+at all (a missing path, an empty folder) is one `ingest.no_input` item, so it shows in the
+counts; a file that holds no record is one `ingest.empty_file` item naming it
+(`reports_empty_file` on each format's reader of one file).
 A text line longer than `MAX_LINE_BYTES` is `ingest.line_too_long` and skipped up to the
 next newline, never accumulated in memory.
 """
@@ -19,9 +21,11 @@ from __future__ import annotations
 
 import codecs
 import csv
+import functools
+import inspect
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, BinaryIO, ClassVar
@@ -35,6 +39,9 @@ from storage.fs import MISSING_TARGET, exists, resolve, walk_files
 PATIENT_ROLES = frozenset({"human", "user", "patient", "patients", "病人", "患者"})
 DOCTOR_ROLES = frozenset({"gpt", "assistant", "doctor", "医生"})
 _SNIFF_BYTES = 1 << 16
+# Simplified Chinese in GBK: 0-2% of its characters outside GB2312; Big5 read as GBK: ~50%.
+BIG5_OUTSIDE_GB2312 = 0.2
+BIG5_MIN_CHARS = 8
 # A spoken turn is a few sentences (the paper's average is 36 characters) and the longest
 # real source fields (encyclopedia answers, exam cases) are a few thousand characters. A
 # turn beyond this is a broken or merged record (a whole document in one field): it would
@@ -118,6 +125,30 @@ class SourceFormat(ABC):
         if isinstance(ref.options, self.Options):
             return ref.options
         return self.Options.model_validate(ref.options.model_dump())
+
+
+def file_items(path: str, items: Iterable[SourceItem]) -> Iterator[SourceItem]:
+    """The items of one file, or, when it gives none (0 bytes, blank lines, a header without
+    rows), one `ingest.empty_file` failure naming it: a file is never passed over silently,
+    even in a folder whose other files hold records."""
+    seen = False
+    for item in items:
+        seen = True
+        yield item
+    if not seen:
+        yield failure(path, "empty_file", "the file holds no record (it is empty, blank or only a header); remove "
+                      "it, or restore it from the corpus download")
+
+
+def reports_empty_file(read_file: Callable[..., Iterator[SourceItem]]) -> Callable[..., Iterator[SourceItem]]:
+    """Decorates a reader of one file (an argument named `path`) with `file_items`."""
+    signature = inspect.signature(read_file)
+
+    @functools.wraps(read_file)
+    def read(*args: Any, **kwargs: Any) -> Iterator[SourceItem]:
+        yield from file_items(signature.bind(*args, **kwargs).arguments["path"], read_file(*args, **kwargs))
+
+    return read
 
 
 def make_dialogue(ref: SourceRef, source_key: str, turns: list[Turn], **fields: Any) -> SourceDialogue:
@@ -242,6 +273,38 @@ def _decodes(data: bytes, encoding: str) -> bool:
     return True
 
 
+def _outside_gb2312(data: bytes) -> float:
+    """Share of the Chinese characters of `data`, read as GB18030, outside GB2312 (0 when
+    there are fewer than `BIG5_MIN_CHARS` of them: too few to tell).
+
+    Simplified Chinese text in GBK stays almost wholly inside GB2312; Big5 bytes read as
+    GB18030 decode without error (its byte ranges cover Big5's) but land, about half of them,
+    on rare characters outside it (trail bytes 0x40-0x7E). Punctuation is left out: GBK and
+    GB2312 map a few of its codes differently (the em dash)."""
+    chinese = [c for c in data.decode("gb18030", "ignore") if "\u4e00" <= c <= "\u9fff"]
+    if len(chinese) < BIG5_MIN_CHARS:
+        return 0.0
+    outside = 0
+    for c in chinese:
+        try:
+            c.encode("gb2312")
+        except UnicodeEncodeError:
+            outside += 1
+    return outside / len(chinese)
+
+
+def sniff_encoding(head: bytes) -> str:
+    """The encoding of a text file that is not UTF-16/32 with a byte-order mark, from its
+    first bytes: UTF-8; else GB18030 (a superset of GBK); else Big5 (as Windows code page
+    950) when the bytes decode as Big5 and, read as GB18030, are mostly outside GB2312.
+    Neither UTF-8 nor GB18030: UTF-8, so the parser reports the bad byte's position."""
+    if _decodes(head, "utf-8") or not _decodes(head, "gb18030"):
+        return "utf-8"
+    if _decodes(head, "cp950") and _outside_gb2312(head) > BIG5_OUTSIDE_GB2312:
+        return "cp950"
+    return "gb18030"
+
+
 _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
          (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 
@@ -250,9 +313,10 @@ class Utf8Stream:
     """A binary stream re-encoded as UTF-8 without a byte-order mark.
 
     The encoding is sniffed from the first 64 KiB: UTF-16 or UTF-32 when the file starts with
-    their byte-order mark (what Windows tools write as "Unicode"), UTF-8 (with or without
-    BOM), else GB18030 (a superset of GBK, common in Chinese corpora). Decoding is
-    incremental, so a file of any size streams. `peek()` gives the first non-space byte (to tell a JSON array from
+    their byte-order mark (what Windows tools write as "Unicode"), else `sniff_encoding`:
+    UTF-8 (with or without BOM), GB18030 (a superset of GBK, common in Chinese corpora) or
+    Big5 (Traditional Chinese, kept as written). Decoding is incremental, so a file of any
+    size streams. `peek()` gives the first non-space byte (to tell a JSON array from
     JSON lines).
     """
 
@@ -266,8 +330,7 @@ class Utf8Stream:
         if marked:
             self.encoding = marked[0]
         else:
-            # Neither decoding cleanly: keep UTF-8, so the parser reports the bad byte's position.
-            self.encoding = "gb18030" if not _decodes(head, "utf-8") and _decodes(head, "gb18030") else "utf-8"
+            self.encoding = sniff_encoding(head)
         self._decoder = codecs.getincrementaldecoder(self.encoding)("strict")
         self._buffer = self._transcode(head, final=False)
 
@@ -291,6 +354,34 @@ class Utf8Stream:
             data, self._buffer = self._buffer, b""
         else:
             data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+
+class ValueTooLong(ValueError):
+    """A JSON file runs on for more than MAX_LINE_BYTES without a quote."""
+
+
+class BoundedStrings:
+    """What the JSON parser reads, refusing any stretch over MAX_LINE_BYTES without a quote
+    before the parser would hold it: the parser builds each string whole, so one enormous
+    field (a broken export, a file that is not text) would otherwise be read into memory
+    in one piece. Reads are at most 1 MiB (the parser asks for 64 KiB), so a stretch inside
+    one read is always shorter than the limit; only stretches across reads are counted."""
+
+    def __init__(self, stream: Utf8Stream):
+        self._stream, self._since_quote = stream, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(min(size, 1 << 20) if size >= 0 else 1 << 20)
+        first = data.find(b'"')
+        if first < 0:
+            self._since_quote += len(data)
+        else:
+            self._since_quote, run = len(data) - data.rfind(b'"') - 1, self._since_quote + first
+            if run > MAX_LINE_BYTES:
+                raise ValueTooLong(run)
+        if self._since_quote > MAX_LINE_BYTES:
+            raise ValueTooLong(self._since_quote)
         return data
 
 
@@ -362,8 +453,14 @@ def json_records(path: str) -> Iterator[tuple[str, Any] | SourceItem]:
         if stream.peek() == b"[" and not path.lower().endswith(".jsonl"):
             index = -1
             try:
-                for index, obj in enumerate(ijson.items(stream, "item", use_float=True)):
+                for index, obj in enumerate(ijson.items(BoundedStrings(stream), "item", use_float=True)):
                     yield f"{path} record {index}", obj
+            except ValueTooLong:
+                where = f"{path} after record {index}" if index >= 0 else f"{path} before its first record"
+                yield failure(where, "value_too_long", f"the file runs on for over {MAX_LINE_BYTES >> 20} MiB without "
+                              "a quote (MAX_LINE_BYTES): no field of a record is that long, so it is not read into "
+                              "memory. Records before this point were kept; the rest of the file is not read. Check "
+                              "for a missing quote, records run together, or a file that is not text.")
             except (ijson.JSONError, UnicodeDecodeError) as exc:
                 where = f"{path} after record {index}" if index >= 0 else f"{path} before its first record"
                 yield failure(where, "unreadable_file", f"{exc}. Records before this point were kept; fix or "

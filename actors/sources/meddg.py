@@ -51,6 +51,7 @@ from actors.sources.common import (
     failure,
     files_under,
     is_file,
+    reports_empty_file,
     stem,
     text_lines,
 )
@@ -245,6 +246,7 @@ def read_pickle(ref: SourceRef, path: str) -> Iterator[SourceItem]:
         yield _pickle_dialogue(ref, f"{path} dialogue {number}", f"{key_stem}:{number}", dialogue)
 
 
+@reports_empty_file
 def read_meddg_file(ref: SourceRef, path: str) -> Iterator[SourceItem]:
     """One MedDG file, by extension; never raises on a bad or unreadable file."""
     suffix = "." + basename(path).rsplit(".", 1)[-1].lower() if "." in basename(path) else ""

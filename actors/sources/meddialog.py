@@ -47,6 +47,7 @@ from actors.sources.common import (
     files_under,
     is_file,
     json_records,
+    reports_empty_file,
     stem,
     text_lines,
 )
@@ -277,6 +278,7 @@ def read_processed(ref: SourceRef, options: MedDialogOptions, path: str) -> Iter
 
 # -- the format ----------------------------------------------------------------------------
 
+@reports_empty_file
 def read_meddialog_file(ref: SourceRef, options: MedDialogOptions, path: str) -> Iterator[SourceItem]:
     name = basename(path).lower()
     try:

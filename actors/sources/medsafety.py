@@ -31,6 +31,7 @@ from actors.sources.common import (
     files_under,
     header_index,
     make_dialogue,
+    reports_empty_file,
 )
 from schemas import Turn, content_key
 
@@ -93,6 +94,7 @@ class MedSafety(SourceFormat):
                 continue
             yield from self._read_file(ref, path, split, generator)
 
+    @reports_empty_file
     def _read_file(self, ref: SourceRef, path: str, split: str, generator: str) -> Iterator[SourceItem]:
         category = _stem_category(path.rsplit("/", 1)[-1])
         prefix = f"{split}/{generator}/{category}"

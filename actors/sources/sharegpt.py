@@ -19,6 +19,7 @@ from actors.sources.common import (
     json_records,
     make_dialogue,
     map_turns,
+    reports_empty_file,
 )
 from schemas import content_key
 
@@ -42,6 +43,7 @@ def map_sharegpt(obj: Any, ref: SourceRef, where: str, key_prefix: str = "", **f
     return SourceItem(where, dialogue=dialogue, raw=json.dumps(obj, ensure_ascii=False))
 
 
+@reports_empty_file
 def read_sharegpt_file(ref: SourceRef, path: str, key_prefix: str = "", **fields: Any) -> Iterator[SourceItem]:
     """Every record of one ShareGPT file (JSON array or JSON lines), mapped or quarantined."""
     for entry in json_records(path):

@@ -27,7 +27,7 @@ from typing import Any
 
 import soundfile
 
-from actors.audio import BadAudio, load_audio
+from actors.audio import BadAudio, load_audio, truncation
 from actors.sources.common import SourceItem
 from actors.voices.aishell import Corpus, Speaker, clip_path, read_speakers, read_transcripts, speaker_of
 from schemas import Rejection, VoiceReference
@@ -75,6 +75,14 @@ def probe(path: str) -> Any:
         return soundfile.info(f)
 
 
+def probe_whole(path: str) -> tuple[Any, str | None]:
+    """A clip's header and why the file is cut off short of it (`audio.truncation`), or None."""
+    loc = resolve(path)
+    with loc.fs.open_input_file(loc.root) as f:
+        info = soundfile.info(f)
+        return info, truncation(f)
+
+
 def probe_seconds(path: str) -> float:
     """A clip's duration from its header (a local path or a URI)."""
     info = probe(path)
@@ -93,9 +101,11 @@ def _clip(corpus: Corpus, root: str, split: str, utt: str, text: str, speaker: S
         return _excluded(clip_id, "outside_root", f"{path}: a symbolic link to {target}, outside the corpus root "
                          f"{root}; not used. Copy the clip into the corpus folder", record)
     try:
-        info = probe(path)
+        info, cut = probe_whole(path)
     except (soundfile.LibsndfileError, RuntimeError, OSError) as exc:
         return _excluded(clip_id, "unreadable_clip", f"{path}: not readable audio ({exc})", record)
+    if cut:
+        return _excluded(clip_id, "unreadable_clip", f"{path}: cut off: {cut}; copy the clip again", record)
     seconds = info.frames / info.samplerate if info.samplerate else 0.0
     if seconds <= 0:
         return _excluded(clip_id, "empty_audio", f"{path}: the clip has no samples", record)
