@@ -22,7 +22,7 @@ from rich.table import Table
 from actors.sources import source_format
 
 from pipeline.config import ConfigError, PipelineConfig, load_config
-from pipeline.driver import RunResult, execute, load_run_config
+from pipeline.driver import RunResult, config_problems, execute, load_run_config
 from pipeline.ingest import ingest_one
 from pipeline.plan import INGEST
 from pipeline.scheduler import PipelineError
@@ -182,11 +182,12 @@ def manifest(run_uri: Annotated[str, typer.Argument(help="run directory")], as_j
 
 @app.command(name="verify")
 def verify_cmd(run_uri: Annotated[str, typer.Argument(help="run directory")], as_json: AsJson = False) -> None:
-    """Check every file against its marker; exit 1 on any mismatch."""
+    """Check every file against its marker, the manifest against the markers, run.json's config
+    against the run's fingerprints; exit 1 on any mismatch."""
     rundir = RunDir(run_uri)
     if not rundir.exists():
         _fail(f"{run_uri} is not a speechmed run (no run.json)", EXIT_USAGE)
-    problems = verify(rundir)
+    problems = verify(rundir) + config_problems(rundir)
     if as_json:
         out.print_json(json.dumps({"run": run_uri, "ok": not problems, "problems": [str(p) for p in problems]}))
     else:

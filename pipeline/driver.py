@@ -24,7 +24,8 @@ from pipeline.version import code_version
 from schemas import SourceDialogue, arrow_schema
 from storage.manifest import write_manifest
 from storage.markers import RunInfo, StageStamp
-from storage.rundir import RunDir
+from storage.rundir import RUN_JSON, RunDir
+from storage.verify import Problem
 
 log = logging.getLogger(__name__)
 # 2: the checks every source format shares (links out of a source folder, overlong turns,
@@ -182,6 +183,32 @@ def _execute(
         lock.release()
     result.elapsed_s = time.perf_counter() - started
     return result
+
+
+def config_problems(rundir: RunDir) -> list[Problem]:
+    """run.json's config against the fingerprints the run recorded (`verify` checks files
+    against markers; this checks the config a resume would use). The first stage whose
+    fingerprint differs is named: `speechmed resume` would drop and redo it and every later
+    stage. Nothing when run.json is missing or unreadable (`verify` reports that)."""
+    try:
+        info = rundir.run_info()
+    except (OSError, ValueError):
+        return []
+    if info is None:
+        return []
+    try:
+        prints = stage_fingerprints(PipelineConfig.model_validate(info.config, context={"check_paths": False}))
+    except (ValueError, KeyError) as exc:
+        return [Problem(RUN_JSON, f"its config is not a valid pipeline config ({exc}); restore run.json")]
+    names = list(dict.fromkeys([*info.fingerprints, *prints]))
+    changed = [name for name in names if info.fingerprints.get(name) != prints.get(name)]
+    if not changed:
+        return []
+    redo = names[names.index(changed[0]):]
+    return [Problem(RUN_JSON, f"its config gives stage {changed[0]} another fingerprint than the run recorded: run.json "
+                    "was edited, or the stage's code or prompts changed since the run. `speechmed resume` would redo "
+                    f"{', '.join(redo)}; restore run.json, or change a run deliberately with `speechmed run CONFIG "
+                    "--run RUN`")]
 
 
 def load_run_config(rundir: RunDir) -> PipelineConfig:

@@ -227,3 +227,75 @@ def test_console_script_rejects_bad_config(tmp_path):
     assert f"{path}: stages[0].params.min_patient_chars: " in proc.stderr
     assert len([line for line in proc.stderr.splitlines() if line.strip()]) == 1
     assert not run_dir.exists()
+
+
+# -- run.json's config against the run's fingerprints (`speechmed verify`) ----------------
+
+SAMPLE = Path(__file__).resolve().parents[1] / "pipeline" / "demo" / "sample_consultations.json"
+
+
+def _recorded_run(run: Path) -> None:
+    """run.json as `speechmed run` writes it, for a prefilter → normalize pipeline (no Ray)."""
+    from pipeline.driver import stage_fingerprints
+    from storage.markers import RunInfo
+    from storage.rundir import RUN_JSON, RunDir
+
+    config = parse_config({"seed": 3, "sources": [{"name": "s", "format": "sharegpt", "path": str(SAMPLE)}],
+                           "stages": [{"name": "prefilter", "kind": "prefilter"},
+                                      {"name": "normalize", "kind": "normalize"}]}, base_dir=None, origin="test")
+    info = RunInfo(config=config.model_dump(mode="json"), seed=3, fingerprints=stage_fingerprints(config),
+                   code_version="test", created_at=0.0, updated_at=0.0)
+    RunDir(str(run)).write_model(RUN_JSON, info)
+
+
+def _edit_run_json(run: Path, edit) -> None:
+    path = run / "run.json"
+    info = json.loads(path.read_text(encoding="utf-8"))
+    edit(info)
+    path.write_text(json.dumps(info), encoding="utf-8")
+
+
+@pytest.mark.parametrize("edit, stage, redo", [
+    (lambda info: info["config"]["stages"][0].update(micro_batch_size=99), "prefilter", "prefilter, normalize"),
+    (lambda info: info["config"].update(seed=4), "ingest", "ingest, prefilter, normalize"),
+    (lambda info: info["fingerprints"].update(normalize="0" * 16), "normalize", "normalize"),
+])
+def test_verify_names_the_stage_an_edited_run_json_would_make_resume_redo(tmp_path: Path, edit, stage: str,
+                                                                          redo: str) -> None:
+    from pipeline.driver import config_problems
+    from storage.rundir import RunDir
+
+    run = tmp_path / "run"
+    _recorded_run(run)
+    assert config_problems(RunDir(str(run))) == []
+    _edit_run_json(run, edit)
+    (problem,) = config_problems(RunDir(str(run)))
+    assert problem.path == "run.json"
+    assert f"gives stage {stage} another fingerprint" in problem.what and f"would redo {redo};" in problem.what
+    result = CliRunner().invoke(app, ["verify", str(run)])
+    assert result.exit_code == 1 and f"stage {stage}" in result.output
+
+
+def test_verify_reports_a_run_json_config_that_no_longer_parses(tmp_path: Path) -> None:
+    from pipeline.driver import config_problems
+    from storage.rundir import RunDir
+
+    run = tmp_path / "run"
+    _recorded_run(run)
+    _edit_run_json(run, lambda info: info["config"]["stages"][0].update(kind="no_such_stage"))
+    (problem,) = config_problems(RunDir(str(run)))
+    assert problem.path == "run.json" and "not a valid pipeline config" in problem.what
+
+
+def test_verify_reads_a_recorded_config_whose_sources_have_moved(tmp_path: Path, monkeypatch) -> None:
+    """The config is read back without looking for its sources: verifying a copied run, or
+    one whose inputs were since archived, is not a problem."""
+    from pipeline.driver import config_problems
+    from storage.rundir import RunDir
+
+    source = tmp_path / "in.json"
+    shutil.copy(SAMPLE, source)
+    monkeypatch.setitem(globals(), "SAMPLE", source)
+    _recorded_run(tmp_path / "run")
+    source.unlink()
+    assert config_problems(RunDir(str(tmp_path / "run"))) == []
