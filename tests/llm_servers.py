@@ -76,7 +76,34 @@ def vllm_server(model: Path, log: Path) -> Iterator[Server]:
                 os.killpg(server.pid, signal.SIGKILL)  # whatever of the group is left
 
 
-class FaultProxy:
+class _QuietHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def reply(self, status: int, body: bytes, content_type: str = "application/json", **headers: str) -> None:
+        self.send_response(status)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(body)))
+        for name, value in headers.items():
+            self.send_header(name.replace("_", "-"), value)
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class LoopbackServer:
+    """An HTTP server on 127.0.0.1 and a free port, serving `handler` on a daemon thread."""
+
+    def __init__(self, handler: type[http.server.BaseHTTPRequestHandler]):
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class FaultProxy(LoopbackServer):
     """Forwards /v1 requests to `upstream`, except while told to fail: answer 429 to the
     next `throttle` requests, or drop connections while `down` (a dead server)."""
 
@@ -94,10 +121,7 @@ class FaultProxy:
         self.lock = threading.Lock()
         proxy = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
+        class Handler(_QuietHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 proxy.auth_headers.append(self.headers.get("authorization"))
@@ -110,10 +134,7 @@ class FaultProxy:
                     if proxy.throttle > 0:
                         proxy.throttle -= 1
                         proxy.served_429 += 1
-                        self.send_response(429)
-                        self.send_header("retry-after", "1")
-                        self.send_header("content-length", "0")
-                        self.end_headers()
+                        self.reply(429, b"", retry_after="1")
                         return
                 path = self.path.removeprefix("/v1")
                 with proxy.lock:
@@ -130,22 +151,12 @@ class FaultProxy:
                         proxy.in_flight -= 1
                 with proxy.lock:
                     proxy.forwarded += 1
-                self.send_response(reply.status_code)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(reply.content)))
-                self.end_headers()
-                self.wfile.write(reply.content)
+                self.reply(reply.status_code, reply.content)
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
-class GarbageServer:
+class GarbageServer(LoopbackServer):
     """An OpenAI-compatible chat endpoint that answers garbage: a broken or misbehaving model
     server, a test double at the model boundary (the real OpenAI engine, LLM stage loop and
     scheduler run against it). Each request gets one of `REPLIES`, chosen by a hash of the
@@ -169,29 +180,16 @@ class GarbageServer:
         self.table = [(name, body) for name, weight, body in choices for _ in range(weight)]
         server = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
+        class Handler(_QuietHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 request = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
                 digest = hashlib.blake2b(f"{server.salt}:{request.get('seed')}".encode(), digest_size=8).digest()
                 name, body = server.table[int.from_bytes(digest, "big") % len(server.table)]
                 with server.lock:
                     server.served[name] = server.served.get(name, 0) + 1
-                self.send_response(200)
-                self.send_header("content-type", "text/html" if name == "not_json_body" else "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.reply(200, body, "text/html" if name == "not_json_body" else "application/json")
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def _chat(content: str | None, finish_reason: str = "stop") -> bytes:

@@ -215,8 +215,14 @@ def _kill_trial(stage: str, cfg: dict, expected: Expected, duration: float, tmp:
                 killed = _kill(pids)
             time.sleep(0.02)
     else:
-        time.sleep(rng.uniform(0.1, 0.75 * duration))
-        pids = _stage_actor_pids(stage) if driver.running else []
+        # From the moment the stage has actors (their start-up takes longer on a loaded
+        # machine than in the clean run), a random moment in the first part of the run.
+        pids = []
+        while driver.running and not pids and time.monotonic() - driver.started < 60:
+            pids = _stage_actor_pids(stage)
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0, 0.3 * duration))
+        pids = (_stage_actor_pids(stage) or pids) if driver.running else []
         killed = _kill(pids if rng.random() < 0.5 else pids[:1])
     driver.join()
     what = f"{stage}: {killed} process(es) killed"
