@@ -24,7 +24,7 @@ from pipeline.version import code_version
 from schemas import SourceDialogue, arrow_schema
 from storage.manifest import write_manifest
 from storage.markers import RunInfo, StageStamp
-from storage.rundir import RUN_JSON, RunDir
+from storage.rundir import MANIFEST, RUN_JSON, RunDir
 from storage.verify import Problem
 
 log = logging.getLogger(__name__)
@@ -87,8 +87,9 @@ class RunResult:
 
 
 def prepare(rundir: RunDir, config: PipelineConfig, prints: dict[str, str]) -> tuple[list[str], int]:
-    """Bring the directory in line with the config: write run.json, drop the outputs of
-    stages whose fingerprint changed, remove uncommitted leftovers. Under the lock only."""
+    """Bring the directory in line with the config: write run.json, drop the manifest and
+    the outputs of stages whose fingerprint changed, remove uncommitted leftovers. Under the
+    lock only."""
     now = time.time()
     previous = rundir.run_info()
     info = RunInfo(
@@ -99,7 +100,10 @@ def prepare(rundir: RunDir, config: PipelineConfig, prints: dict[str, str]) -> t
         created_at=previous.created_at if previous else now,
         updated_at=now,
     )
-    rundir.write_model("run.json", info)
+    rundir.write_model(RUN_JSON, info)
+    # The manifest describes a finished run (written at its end, or by `speechmed manifest`);
+    # from here on stages may be dropped and parts added, so an old one would mislead.
+    rundir.delete_rel(MANIFEST)
     invalidated, cleaned = [], len(rundir.clean_temp_files())
     stage_names = [INGEST, *(s.name for s in config.stages)]
     kinds = {INGEST: INGEST, **{s.name: s.kind for s in config.stages}}

@@ -121,6 +121,11 @@ class RunDir:
     def write_bytes_rel(self, rel: str, data: bytes) -> None:
         write_bytes(self.loc, self.abs(rel), data)
 
+    def delete_rel(self, rel: str) -> None:
+        """Delete one file of the run if it is there."""
+        if exists(self.loc, self.abs(rel)):
+            self.loc.fs.delete_file(self.abs(rel))
+
     def read_bytes_rel(self, rel: str) -> bytes:
         return read_bytes(self.loc, self.abs(rel))
 

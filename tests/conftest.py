@@ -184,6 +184,47 @@ def voice_pool(tmp_path_factory: pytest.TempPathFactory) -> str:
     return out
 
 
+def _tree_state(root: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every file under `root`: what a write into it would change."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def spoken_run(tmp_path_factory: pytest.TempPathFactory, voice_pool: str, ray_connected: str) -> Iterator[Path]:
+    """ONE small real run shared by the export, card-plot and training tests (each built its
+    own before; the run is the slow part): a few sample consultations and the MedDG fixture
+    dialogues (stated gender/age, a malformed line) -> prefilter -> normalize -> voice_match
+    (the session's voice pool) -> synthesize with espeak, doctor turns too; exported as
+    TextMedDataset and SpeechMedDataset with its ShareGPT layout.
+
+    Read-only for the tests: one that alters a run copies it first (`shutil.copytree`). The
+    teardown fails if any file of the run was written, added or removed in place."""
+    from pipeline.config import parse_config
+    from pipeline.driver import execute
+
+    one = {"actors": 1, "num_cpus": 0.25}
+    # Seed 7 samples 6 consultations of which the prefilter rejects 2 (too short): the
+    # prefilter rejects rows too, in another count than ingest's (the card's rejection plot).
+    cfg = {"seed": 7, "num_shards": 2, "ingest_part_size": 8, "sources": [
+        {"name": "sample", "format": "sharegpt", "path": str(SAMPLE), "limit": 6},
+        {"name": "meddg", "format": "meddg", "path": str(REPO / "tests" / "fixtures" / "sources" / "meddg")}],
+        "stages": [{"name": "prefilter", "kind": "prefilter", "resources": one},
+                   {"name": "normalize", "kind": "normalize", "resources": one},
+                   {"name": "voice", "kind": "voice_match", "params": {"pool": voice_pool}, "resources": one},
+                   {"name": "speak", "kind": "synthesize", "micro_batch_size": 2, "params": {"doctor_turns": True},
+                    "resources": {"actors": 1, "num_cpus": 0.5}}],
+        "exports": [{"name": "TextMedDataset", "stage": "normalize"},
+                    {"name": "SpeechMedDataset", "stage": "speak", "sharegpt": True}]}
+    run = tmp_path_factory.mktemp("spoken") / "run"
+    execute(parse_config(cfg, base_dir=None, origin="test"), str(run), command="pytest", ray_address=ray_connected)
+    before = _tree_state(run)
+    yield run
+    after = _tree_state(run)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"a test wrote into the shared spoken_run in place (copy it first): {changed[:10]}"
+
+
 def speechmed_process(*args: str, address: str, **kwargs: object) -> subprocess.Popen[str]:
     """`speechmed ARGS --address ADDRESS --json` as a child process (stderr kept for messages):
     the crash tests run drivers they can SIGKILL."""

@@ -1,8 +1,9 @@
 """The plots of a dataset card: the numbers they draw (binning, grids, the rejections'
 cut-off), that the figure draws exactly those numbers, deterministic PNG bytes, and the
-plots of real exports (a run of sample consultations and MedDG dialogues with stated
-gender and age, through the prefilter, voice matching and espeak synthesis): files beside
-the card, linked from it, checked by their export marker, and showing the export's rows."""
+plots of real exports (the session's shared run of sample consultations and MedDG dialogues
+with stated gender and age, through the prefilter, voice matching and espeak synthesis):
+files beside the card, linked from it, checked by their export marker, and showing the
+export's rows."""
 
 from __future__ import annotations
 
@@ -13,11 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 
 from pipeline.card import OTHER, REWRITTEN, DialogueStats, SpeechStats
-from pipeline.config import parse_config
-from pipeline.driver import execute
 from pipeline.export import export_stage
 from pipeline.plots import (MAX_REASONS, card_plots, dialogue_plots, figure, histogram, rejection_plot, render,
                             speech_plots)
@@ -25,7 +23,6 @@ from schemas import SourceDialogue, arrow_schema
 from storage.markers import ExportMarker
 from storage.rundir import RunDir
 from storage.verify import verify
-from tests.conftest import REPO
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -113,24 +110,7 @@ def test_figure_draws_exactly_the_data_and_png_is_deterministic() -> None:
         assert png.startswith(PNG_SIGNATURE) and png == render(plot) and b"Matplotlib" not in png
 
 
-# -- real exports ------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory, voice_pool: str) -> Path:
-    one = {"actors": 1, "num_cpus": 0.25}
-    cfg = {"seed": 5, "num_shards": 2, "ingest_part_size": 8, "sources": [
-        {"name": "sample", "format": "sharegpt", "path": str(REPO / "pipeline" / "demo" / "sample_consultations.json"),
-         "limit": 14},
-        {"name": "meddg", "format": "meddg", "path": str(REPO / "tests" / "fixtures" / "sources" / "meddg")}],
-        "stages": [{"name": "prefilter", "kind": "prefilter", "resources": one},
-                   {"name": "normalize", "kind": "normalize", "resources": one},
-                   {"name": "voice", "kind": "voice_match", "params": {"pool": voice_pool}, "resources": one},
-                   {"name": "speak", "kind": "synthesize", "micro_batch_size": 2, "params": {"doctor_turns": True},
-                    "resources": {"actors": 1, "num_cpus": 0.5}}],
-        "exports": [{"name": "TextMedDataset", "stage": "normalize"}, {"name": "SpeechMedDataset", "stage": "speak"}]}
-    path = tmp_path_factory.mktemp("plots") / "run"
-    execute(parse_config(cfg, base_dir=None, origin="test"), str(path), command="pytest")
-    return path
-
+# -- real exports (the session's shared `spoken_run`, see conftest) -----------------------
 
 def _plots(run: Path, name: str) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((run / "datasets" / name / "plots").glob("*.png"))}
@@ -140,14 +120,14 @@ def _rows(run: Path, name: str, columns: list[str]) -> list[dict]:
     return pq.read_table(run / "datasets" / name / "data", columns=columns).to_pylist()
 
 
-def test_exports_have_linked_nontrivial_pngs_checked_by_their_marker(run: Path) -> None:
+def test_exports_have_linked_nontrivial_pngs_checked_by_their_marker(spoken_run: Path) -> None:
     import matplotlib.image
 
     expected = {"TextMedDataset": ["characters.png", "demographics.png", "rejections.png", "turns.png"],
                 "SpeechMedDataset": ["durations.png", "rejections.png", "voices.png"]}
     for name, files in expected.items():
-        base = run / "datasets" / name
-        assert sorted(_plots(run, name)) == files
+        base = spoken_run / "datasets" / name
+        assert sorted(_plots(spoken_run, name)) == files
         card = (base / "README.md").read_text(encoding="utf-8")
         marker = ExportMarker.model_validate_json((base / "_EXPORTED.json").read_text())
         recorded = {Path(f.path).name: f for f in marker.files if f.path.startswith(f"datasets/{name}/plots/")}
@@ -163,12 +143,12 @@ def test_exports_have_linked_nontrivial_pngs_checked_by_their_marker(run: Path) 
             assert len(colours) > 10 and pixels[..., :3].std() > 0.05  # axes, bars, text: not a blank image
             white = (pixels[..., :3] > 0.99).all(axis=-1).mean()
             assert 0.5 < white < 0.99
-    assert verify(RunDir(str(run))) == []
+    assert verify(RunDir(str(spoken_run))) == []
 
 
-def test_plots_show_the_exported_rows(run: Path) -> None:
-    rundir = RunDir(str(run))
-    text = _rows(run, "TextMedDataset", ["source", "treatment", "gender", "age_group", "rewrite_prompt", "turns"])
+def test_plots_show_the_exported_rows(spoken_run: Path) -> None:
+    rundir = RunDir(str(spoken_run))
+    text = _rows(spoken_run, "TextMedDataset", ["source", "treatment", "gender", "age_group", "rewrite_prompt", "turns"])
     stats = DialogueStats()
     stats.add(text)
     turns, chars, demographics = dialogue_plots(stats)
@@ -184,7 +164,7 @@ def test_plots_show_the_exported_rows(run: Path) -> None:
     assert sum(map(sum, chars.panels[0].series.values())) == sum(len(r["turns"]) for r in text)
 
     speech = SpeechStats()
-    speech.add(_rows(run, "SpeechMedDataset", ["dialogue_id", "role", "duration_s", "engine", "voice", "attempts", "units"]))
+    speech.add(_rows(spoken_run, "SpeechMedDataset", ["dialogue_id", "role", "duration_s", "engine", "voice", "attempts", "units"]))
     durations, voices = speech_plots(speech)
     (panel,) = durations.panels
     assert sum(map(sum, panel.series.values())) == speech.rows > 0
@@ -195,21 +175,22 @@ def test_plots_show_the_exported_rows(run: Path) -> None:
     for stage in rejected:
         for seal in rundir.seals(stage).values():
             rejected[stage].update(seal.rejected_by_reason)
+    assert rejected["prefilter"]  # the shared run samples consultations the prefilter rejects
     rejections = rejection_plot(rejected)
     assert "ingest.malformed" in rejections.panels[0].categories and sum(rejections.panels[0].series["rows"]) == \
         sum(sum(c.values()) for c in rejected.values())
     # The files hold these very plots (rendering is deterministic).
-    written = {**{f"text/{k}": v for k, v in _plots(run, "TextMedDataset").items()},
-               **{f"speech/{k}": v for k, v in _plots(run, "SpeechMedDataset").items()}}
+    written = {**{f"text/{k}": v for k, v in _plots(spoken_run, "TextMedDataset").items()},
+               **{f"speech/{k}": v for k, v in _plots(spoken_run, "SpeechMedDataset").items()}}
     for key, plot in [("text/turns.png", turns), ("text/characters.png", chars), ("text/demographics.png", demographics),
                       ("speech/durations.png", durations), ("speech/voices.png", voices),
                       ("text/rejections.png", rejections), ("speech/rejections.png", rejections)]:
         assert render(plot) == written[key], key
 
 
-def test_reexport_gives_the_same_bytes_and_verify_catches_an_altered_plot(run: Path, tmp_path: Path) -> None:
+def test_reexport_gives_the_same_bytes_and_verify_catches_an_altered_plot(spoken_run: Path, tmp_path: Path) -> None:
     copy = tmp_path / "run"
-    shutil.copytree(run, copy)
+    shutil.copytree(spoken_run, copy)
     rundir = RunDir(str(copy))
     info = rundir.run_info()
     seals = {stage: rundir.seals(stage) for stage in info.fingerprints}

@@ -299,3 +299,20 @@ def test_verify_reads_a_recorded_config_whose_sources_have_moved(tmp_path: Path,
     _recorded_run(tmp_path / "run")
     source.unlink()
     assert config_problems(RunDir(str(tmp_path / "run"))) == []
+
+
+def test_a_run_starting_removes_the_finished_runs_manifest(tmp_path: Path) -> None:
+    """The manifest describes a finished run; a run starting (or resuming) may drop stages and
+    add parts, so `prepare` removes it and the run writes it again when it finishes."""
+    from pipeline.driver import load_run_config, prepare, stage_fingerprints
+    from storage.manifest import write_manifest
+    from storage.rundir import RunDir
+
+    run = tmp_path / "run"
+    _recorded_run(run)
+    rundir = RunDir(str(run))
+    write_manifest(rundir, ["ingest"])
+    assert (run / "manifest.parquet").exists()
+    config = load_run_config(rundir)
+    prepare(rundir, config, stage_fingerprints(config))
+    assert not (run / "manifest.parquet").exists()

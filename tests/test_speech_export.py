@@ -1,7 +1,8 @@
 """SpeechMedDataset: the synthesize stage's turns exported as an HF-loadable Parquet dataset
 whose `audio` column is an `Audio` feature, plus the ShareGPT JSON(L) layout with audio
-files, for a real run (sample consultations → normalize → voice_match → synthesize with
-espeak, the real AISHELL-1 clips as reference voices)."""
+files, for the session's shared real run (`spoken_run` in conftest: sample consultations and
+MedDG dialogues → prefilter → normalize → voice_match → synthesize with espeak, doctor turns
+too, the real AISHELL-1 clips as reference voices)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import pytest
 
 from actors.audio import decode
 from pipeline.config import parse_config
-from pipeline.driver import execute
 from pipeline.export import NotExported, read_export, sharegpt_records
 from schemas import SourceDialogue, from_table
 from storage.rundir import RunDir
@@ -30,23 +30,6 @@ def _torchcodec_decodes() -> bool:
     except Exception:  # noqa: BLE001 - an ImportError or FFmpeg's missing libraries (RuntimeError/OSError)
         return False
     return True
-
-
-@pytest.fixture(scope="module")
-def spoken_run(tmp_path_factory: pytest.TempPathFactory, voice_pool: str) -> Path:
-    cfg = {"seed": 11, "num_shards": 3, "ingest_part_size": 8, "sources": [
-        {"name": "sample", "format": "sharegpt", "path": str(REPO / "pipeline" / "demo" / "sample_consultations.json"),
-         "limit": 9}],
-        "stages": [{"name": "normalize", "kind": "normalize", "resources": {"actors": 1, "num_cpus": 0.25}},
-                   {"name": "voice", "kind": "voice_match", "params": {"pool": voice_pool},
-                    "resources": {"actors": 1, "num_cpus": 0.25}},
-                   {"name": "speak", "kind": "synthesize", "micro_batch_size": 2, "params": {"doctor_turns": True},
-                    "resources": {"actors": 1, "num_cpus": 0.5}}],
-        "exports": [{"name": "TextMedDataset", "stage": "normalize"},
-                    {"name": "SpeechMedDataset", "stage": "speak", "sharegpt": True}]}
-    run = tmp_path_factory.mktemp("speech") / "run"
-    execute(parse_config(cfg, base_dir=None, origin="test"), str(run), command="pytest")
-    return run
 
 
 def _dialogues(run: Path) -> list[SourceDialogue]:

@@ -1,7 +1,8 @@
 """`speechmed train` on a tiny randomly initialised SpeechLM of the real shape (Whisper
-encoder, projector, Qwen2 core, unit generator), on CPU, from a real run: sample
-consultations → normalize → voice_match → synthesize (espeak, doctor turns too), exported as
-TextMedDataset and SpeechMedDataset.
+encoder, projector, Qwen2 core, unit generator), on CPU, from the session's shared real run
+(`spoken_run` in conftest: sample consultations and MedDG dialogues → prefilter → normalize →
+voice_match → synthesize with espeak, doctor turns too), exported as TextMedDataset and
+SpeechMedDataset.
 
 Each stage trains a few steps through the Hugging Face Trainer; its frozen parts stay
 bitwise equal, its trainable ones change, and the loss falls over 20 steps on a repeated
@@ -26,10 +27,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.config import parse_config
-from pipeline.driver import execute
 from pipeline.export import export_dir, export_stage, read_export
+from pipeline.plan import INGEST
 from schemas import SynthesizedTurn, arrow_schema, from_table, to_table
+from storage.manifest import write_manifest
 from storage.markers import ShardSeal
 from storage.rundir import RUN_JSON, RunDir
 from storage.verify import verify
@@ -57,22 +58,6 @@ def speechlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_speechlm(tmp_path_factory.mktemp("speechlm") / "tiny")
 
 
-@pytest.fixture(scope="module")
-def spoken_run(tmp_path_factory: pytest.TempPathFactory, voice_pool: str, ray_connected: str) -> Path:
-    cfg = {"seed": 5, "num_shards": 2, "ingest_part_size": 8, "sources": [
-        {"name": "sample", "format": "sharegpt", "path": str(REPO / "pipeline" / "demo" / "sample_consultations.json"),
-         "limit": 4}],
-        "stages": [{"name": "normalize", "kind": "normalize", "resources": {"actors": 1, "num_cpus": 0.25}},
-                   {"name": "voice", "kind": "voice_match", "params": {"pool": voice_pool},
-                    "resources": {"actors": 1, "num_cpus": 0.25}},
-                   {"name": "speak", "kind": "synthesize", "micro_batch_size": 2, "params": {"doctor_turns": True},
-                    "resources": {"actors": 1, "num_cpus": 0.5}}],
-        "exports": [{"name": "TextMedDataset", "stage": "normalize"}, {"name": "SpeechMedDataset", "stage": "speak"}]}
-    run = tmp_path_factory.mktemp("train") / "run"
-    execute(parse_config(cfg, base_dir=None, origin="test"), str(run), command="pytest")
-    return run
-
-
 def with_doctor_units(run: Path, to: Path) -> Path:
     """A copy of `run` whose synthesize stage committed doctor units (see the module's test
     double), and SpeechMedDataset exported again from it."""
@@ -92,9 +77,16 @@ def with_doctor_units(run: Path, to: Path) -> Path:
                                rejected_by_reason=commit.rejected_by_reason, elapsed_s=0.0, session="units", fence=None)
         commits = [c for _, c in sorted(rundir.commits("speak", shard).items())]
         rundir.seal(ShardSeal.from_commits("speak", shard, fingerprint, commits))
+    # Exported again as the run's config says (with its ShareGPT layout, whose dialogues come
+    # from the stage before synthesize), and the manifest rebuilt from the new markers.
+    stages = [stage["name"] for stage in info.config["stages"]]
+    (export,) = [e for e in info.config["exports"] if e["name"] == "SpeechMedDataset"]
+    upstream = stages[stages.index("speak") - 1]
     rundir.invalidate(export_dir("SpeechMedDataset"))
     export_stage(rundir, "SpeechMedDataset", "speak", arrow_schema(SynthesizedTurn), fingerprint,
-                 info.config["num_shards"], {"speak": rundir.seals("speak")})
+                 info.config["num_shards"], {stage: rundir.seals(stage) for stage in stages},
+                 sharegpt_from=upstream if export.get("sharegpt") else None)
+    write_manifest(rundir, [INGEST, *stages])
     assert verify(rundir) == []
     return to
 
