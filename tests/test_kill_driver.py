@@ -14,6 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from pipeline.config import load_config
+from pipeline.driver import execute, load_run_config
 from storage.rundir import RunDir
 from storage.verify import verify
 from tests.conftest import committed_ids, pipeline_config, speechmed_process as _speechmed, write_dialogues
@@ -55,16 +57,26 @@ def clean_run(tmp_path_factory: pytest.TempPathFactory, ray_address: str) -> tup
     return config, expected, duration
 
 
-def _trial(tmp: Path, config: Path, expected: dict[str, list[str]], duration: float, address: str, rng: random.Random) -> None:
+def _trial(tmp: Path, config: Path, expected: dict[str, list[str]], duration: float, address: str, rng: random.Random,
+           *, resume_in_process: bool = False) -> None:
+    """Kill `speechmed run` (its process group) at a random moment, then finish the run:
+    with `speechmed resume` as a user would, or, `resume_in_process`, with the driver's
+    `execute` on the run's recorded config in this process (what the command calls,
+    without a second interpreter's start-up: the slow trials' time)."""
     run = tmp / f"run-{rng.random():.8f}"
     kill_at = rng.uniform(0.2, duration)
     driver = _speechmed("run", str(config), "--run", str(run), address=address, start_new_session=True)
     time.sleep(kill_at)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
-    resume = _speechmed("resume", str(run), address=address) if (run / "run.json").exists() else \
-        _speechmed("run", str(config), "--run", str(run), address=address)
-    assert resume.wait(timeout=240) == 0, f"resume after a kill at {kill_at:.2f}s failed: {resume.stderr.read()}"
+    started = (run / "run.json").exists()
+    if resume_in_process:
+        cfg = load_run_config(RunDir(str(run))) if started else load_config(str(config))
+        execute(cfg, str(run), command="pytest resume", ray_address=address)
+    else:
+        resume = _speechmed("resume", str(run), address=address) if started else \
+            _speechmed("run", str(config), "--run", str(run), address=address)
+        assert resume.wait(timeout=240) == 0, f"resume after a kill at {kill_at:.2f}s failed: {resume.stderr.read()}"
     for stage in STAGES:
         ids = committed_ids(run, stage)
         dupes = [i for i, n in Counter(ids).items() if n > 1]
@@ -83,10 +95,10 @@ def test_sigkill_driver_then_resume_is_exactly_once(clean_run, ray_address: str,
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_sigkill_driver_slow_trials(clean_run, ray_address: str, tmp_path: Path) -> None:
+def test_sigkill_driver_slow_trials(clean_run, ray_connected: str, tmp_path: Path) -> None:
     # With the 5 of the quick test, 25 driver kills; with tests/test_faults.py's slow trials
     # the fault matrix has more than 50 under the slow mark.
     config, expected, duration = clean_run
     rng = random.Random(2)
     for _ in range(20):
-        _trial(tmp_path, config, expected, duration, ray_address, rng)
+        _trial(tmp_path, config, expected, duration, ray_connected, rng, resume_in_process=True)
