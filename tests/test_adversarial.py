@@ -327,6 +327,18 @@ def test_chinese_role_names_read_like_english(tmp_path: Path) -> None:
 
 # == overlong lines ============================================================================
 
+def items_and_peak_memory(fmt: str, path: Path) -> tuple[list[SourceItem], int]:
+    """What the format reads from `path`, and the peak of Python's memory while it reads."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        found = items(fmt, path)
+        return found, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_a_line_over_the_limit_is_skipped_not_held(tmp_path: Path) -> None:
     path = tmp_path / "in.jsonl"
     record = {"id": "a", "conversations": _conv(("human", TEXT), ("gpt", "建议就医。"))}
@@ -341,8 +353,6 @@ def test_a_line_over_the_limit_is_skipped_not_held(tmp_path: Path) -> None:
 
 def test_an_overlong_line_is_never_held_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A 40 MiB line under a 1 MiB limit: the reader's peak memory stays near the limit."""
-    import tracemalloc
-
     monkeypatch.setattr(common, "MAX_LINE_BYTES", 1 << 20)
     path = tmp_path / "in.jsonl"
     good = json.dumps({"id": "a", "conversations": _conv(("human", TEXT), ("gpt", "建议就医。"))}, ensure_ascii=False)
@@ -351,12 +361,7 @@ def test_an_overlong_line_is_never_held_whole(tmp_path: Path, monkeypatch: pytes
         for _ in range(40):
             f.write("x" * (1 << 20))
         f.write("\n" + good.replace('"a"', '"b"') + "\n")
-    tracemalloc.start()
-    try:
-        found = items("sharegpt", path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    found, peak = items_and_peak_memory("sharegpt", path)
     assert [i.reason for i in found] == ["", "ingest.line_too_long", ""]
     assert peak < 8 << 20, f"peak {peak >> 20} MiB"
 
@@ -365,8 +370,6 @@ def test_a_gigantic_json_string_is_never_held_whole(tmp_path: Path, monkeypatch:
     """A 40 MiB string in a JSON array under a 1 MiB limit: the file is reported from that
     record on (the parser cannot resume inside it), the records before are kept, and the
     parser never builds the string."""
-    import tracemalloc
-
     monkeypatch.setattr(common, "MAX_LINE_BYTES", 1 << 20)
     path = tmp_path / "in.json"
     good = json.dumps({"id": "a", "conversations": _conv(("human", TEXT), ("gpt", "建议就医。"))}, ensure_ascii=False)
@@ -375,12 +378,7 @@ def test_a_gigantic_json_string_is_never_held_whole(tmp_path: Path, monkeypatch:
         for _ in range(40):
             f.write("咳" * (1 << 18))  # 768 KiB of UTF-8 a time
         f.write(f'"}}]}}, {good.replace(chr(34) + "a" + chr(34), chr(34) + "c" + chr(34))}]')
-    tracemalloc.start()
-    try:
-        found = items("sharegpt", path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    found, peak = items_and_peak_memory("sharegpt", path)
     assert [i.reason for i in found] == ["", "ingest.value_too_long"]
     assert_clear(found[1], f"{path} after record 0")
     assert "without a quote" in found[1].detail and "Records before this point were kept" in found[1].detail

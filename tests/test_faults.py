@@ -566,7 +566,7 @@ class _FullDisk(pafs.FileSystemHandler):
         self.local.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
 
     def delete_root_dir_contents(self) -> None:
-        raise NotImplementedError
+        raise AssertionError("the pipeline never empties a filesystem's root: an unexpected call")
 
     def delete_file(self, path: str) -> None:
         self.local.delete_file(path)
@@ -587,7 +587,7 @@ class _FullDisk(pafs.FileSystemHandler):
         return pa.PythonFile(_Quota(path, self), mode="w")
 
     def open_append_stream(self, path: str, metadata: Any) -> pa.NativeFile:
-        raise NotImplementedError
+        raise AssertionError("the pipeline never appends to a file (it writes whole objects): an unexpected call")
 
     def normalize_path(self, path: str) -> str:
         return path
