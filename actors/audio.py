@@ -6,9 +6,9 @@ FLAC (16-bit) in the Hugging Face `Audio` layout.
 Recordings read from outside (cough and noise clips, reference voices) go through
 `load_audio`, which refuses what cannot be used with a reason code (`BadAudio`) instead of
 passing it on: not audio, cut off short of the length its header gives (`truncation`), no
-samples, longer than the caller allows (judged from the header, before decoding), or samples that are NaN or infinite (float WAVs can hold them;
-one NaN spreads through resampling, loudness matching and mixing, and 16-bit FLAC cannot
-store it). Non-finite samples are refused rather than zeroed: a file holding them is
+samples, longer than the caller allows (judged from the header, before decoding), or
+samples that are NaN or infinite (float WAVs can hold them; one NaN spreads through
+resampling, loudness matching and mixing, and 16-bit FLAC cannot store it). Non-finite samples are refused rather than zeroed: a file holding them is
 broken, and silently repairing it would hide that.
 """
 
