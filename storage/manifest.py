@@ -6,8 +6,11 @@ any time (`speechmed manifest RUN`) and read by any Parquet tool.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import pyarrow as pa
 
+from storage.markers import PartCommit
 from storage.rundir import MANIFEST, RunDir, parquet_bytes
 
 MANIFEST_SCHEMA = pa.schema([
@@ -20,20 +23,21 @@ MANIFEST_SCHEMA = pa.schema([
 ])
 
 
+def manifest_rows(stage: str, commits: dict[tuple[int, int], PartCommit], sealed: Collection[int]) -> list[dict]:
+    """The manifest's rows of one stage, from its commit markers and its sealed shards."""
+    return [{
+        "stage": stage, "shard": shard, "part": part,
+        "rows_in": c.rows_in, "rows_out": c.rows_out, "rows_rejected": c.rows_rejected,
+        "path": c.output.path, "bytes": c.output.bytes, "sha256": c.output.sha256,
+        "rejected_path": c.rejected.path if c.rejected else None,
+        "fingerprint": c.fingerprint, "sealed": shard in sealed,
+        "committed_at": c.committed_at, "elapsed_s": c.elapsed_s,
+        "worker": c.worker, "session": c.session,
+    } for (shard, part), c in sorted(commits.items())]
+
+
 def build_manifest(rundir: RunDir, stages: list[str]) -> pa.Table:
-    rows = []
-    for stage in stages:
-        sealed = rundir.seals(stage)
-        for (shard, part), c in sorted(rundir.commits(stage).items()):
-            rows.append({
-                "stage": stage, "shard": shard, "part": part,
-                "rows_in": c.rows_in, "rows_out": c.rows_out, "rows_rejected": c.rows_rejected,
-                "path": c.output.path, "bytes": c.output.bytes, "sha256": c.output.sha256,
-                "rejected_path": c.rejected.path if c.rejected else None,
-                "fingerprint": c.fingerprint, "sealed": shard in sealed,
-                "committed_at": c.committed_at, "elapsed_s": c.elapsed_s,
-                "worker": c.worker, "session": c.session,
-            })
+    rows = [row for stage in stages for row in manifest_rows(stage, rundir.commits(stage), rundir.seals(stage))]
     return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -20,13 +21,14 @@ from pydantic import BaseModel
 
 from storage.fs import is_temp, list_files
 from storage.lock import LOCK_NAME
-from storage.manifest import MANIFEST_SCHEMA, build_manifest
+from storage.manifest import MANIFEST_SCHEMA, manifest_rows
 from storage.markers import ExportMarker, FileEntry, PartCommit, RunInfo, ShardSeal, StageStamp
 from storage.rundir import COMMIT_SUFFIX, DATASETS, MANIFEST, RUN_JSON, SEALED, STAGE_STAMP, RunDir
 
 PLAN_JSON = "plan/plan.json"
 EXPORTED = "_EXPORTED.json"
 _TOP_LEVEL_FILES = {RUN_JSON, LOCK_NAME, MANIFEST, PLAN_JSON}
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ def _check_file(rundir: RunDir, entry: FileEntry, sizes: dict[str, int]) -> list
     return []
 
 
-def _read(rundir: RunDir, path: str, model: type[BaseModel]) -> tuple[BaseModel | None, str]:
+def _read(rundir: RunDir, path: str, model: type[M]) -> tuple[M | None, str]:
     """A marker file parsed, or None and why not (one line)."""
     try:
         return model.model_validate_json(rundir.loc.fs.open_input_stream(path).read()), ""
@@ -66,17 +68,36 @@ def _read(rundir: RunDir, path: str, model: type[BaseModel]) -> tuple[BaseModel 
         return None, str(exc).replace("\n", " ")
 
 
-def _check_stage(rundir: RunDir, stage: str, stamp: StageStamp | None, sizes: dict[str, int]) -> tuple[list[Problem], set[str]]:
+def _marker(rundir: RunDir, path: str, model: type[M], what: str, problems: list[Problem]) -> M | None:
+    """`_read`, with an unreadable marker added to `problems` as "unreadable <what>"."""
+    marker, why = _read(rundir, path, model)
+    if marker is None:
+        problems.append(Problem(rundir.loc.rel(path), f"unreadable {what}: {why}"))
+    return marker
+
+
+@dataclass
+class _Stage:
+    """What checking one stage found: its problems, the files its markers account for, and
+    the markers it read (the manifest is compared with them)."""
+
+    problems: list[Problem]
+    known: set[str]
+    commits: dict[tuple[int, int], PartCommit]
+    sealed: set[int]
+
+
+def _check_stage(rundir: RunDir, stage: str, stamp: StageStamp | None, sizes: dict[str, int]) -> _Stage:
     problems: list[Problem] = []
     known = {rundir.abs(f"{stage}/{STAGE_STAMP}")}
     commits: dict[tuple[int, int], PartCommit] = {}
+    sealed: set[int] = set()
     for path in sizes:
         if not path.endswith(COMMIT_SUFFIX) or not path.startswith(rundir.abs(stage) + "/") or is_temp(path):
             continue  # a temp marker is an uncommitted leftover, reported below
         known.add(path)
-        commit, why = _read(rundir, path, PartCommit)
-        if not isinstance(commit, PartCommit):
-            problems.append(Problem(rundir.loc.rel(path), f"unreadable commit marker: {why}"))
+        commit = _marker(rundir, path, PartCommit, "commit marker", problems)
+        if commit is None:
             continue
         commits[(commit.shard, commit.part)] = commit
         if stamp is not None and commit.fingerprint != stamp.fingerprint:
@@ -90,10 +111,10 @@ def _check_stage(rundir: RunDir, stage: str, stamp: StageStamp | None, sizes: di
         if not path.endswith(f"/{SEALED}") or not path.startswith(rundir.abs(stage) + "/"):
             continue
         known.add(path)
-        seal, why = _read(rundir, path, ShardSeal)
-        if not isinstance(seal, ShardSeal):
-            problems.append(Problem(rundir.loc.rel(path), f"unreadable seal: {why}"))
+        seal = _marker(rundir, path, ShardSeal, "seal", problems)
+        if seal is None:
             continue
+        sealed.add(seal.shard)
         parts = [commits.get((seal.shard, p)) for p in range(seal.parts)]
         missing = [p for p, c in enumerate(parts) if c is None]
         if missing:
@@ -106,7 +127,7 @@ def _check_stage(rundir: RunDir, stage: str, stamp: StageStamp | None, sizes: di
         extra = [p for (s, p) in commits if s == seal.shard and p >= seal.parts]
         if extra:
             problems.append(Problem(rundir.loc.rel(path), f"parts {extra[:5]} committed beyond the sealed count"))
-    return problems, known
+    return _Stage(problems, known, commits, sealed)
 
 
 def verify(rundir: RunDir) -> list[Problem]:
@@ -114,10 +135,11 @@ def verify(rundir: RunDir) -> list[Problem]:
     sizes = list_files(rundir.loc, rundir.loc.root)
     problems: list[Problem] = _check_bookkeeping(rundir, sizes)
     known = {rundir.abs(name) for name in _TOP_LEVEL_FILES}
-    for stage, stamp in _stamps(rundir, problems, known).items():
-        stage_problems, stage_known = _check_stage(rundir, stage, stamp, sizes)
-        problems += stage_problems
-        known |= stage_known
+    stages = {stage: _check_stage(rundir, stage, stamp, sizes) for stage, stamp in _stamps(rundir, problems, known).items()}
+    for checked in stages.values():
+        problems += checked.problems
+        known |= checked.known
+    problems += _check_manifest(rundir, sizes, stages)
     exports = {rel.split("/")[1] for rel in map(rundir.loc.rel, sizes) if rel.startswith(f"{DATASETS}/") and rel.count("/") > 1}
     unfinished: set[str] = set()
     for name in sorted(exports):
@@ -126,9 +148,8 @@ def verify(rundir: RunDir) -> list[Problem]:
             unfinished.add(name)  # the marker is written last: an export cut short
             continue
         known.add(marker_path)
-        marker, why = _read(rundir, marker_path, ExportMarker)
-        if not isinstance(marker, ExportMarker):
-            problems.append(Problem(rundir.loc.rel(marker_path), f"unreadable export marker: {why}"))
+        marker = _marker(rundir, marker_path, ExportMarker, "export marker", problems)
+        if marker is None:
             continue
         known.add(rundir.abs(f"{DATASETS}/{marker.name}/README.md"))  # unlisted by markers before README was
         for entry in marker.files:
@@ -155,16 +176,13 @@ def _stamps(rundir: RunDir, problems: list[Problem], known: set[str]) -> dict[st
         path = f"{info.path}/{STAGE_STAMP}"
         if info.type != pafs.FileType.Directory or rundir.loc.fs.get_file_info(path).type != pafs.FileType.File:
             continue
-        stamp, why = _read(rundir, path, StageStamp)
-        stamps[info.base_name] = stamp if isinstance(stamp, StageStamp) else None
-        if why:
-            problems.append(Problem(rundir.loc.rel(path), f"unreadable stage stamp: {why}"))
+        stamps[info.base_name] = _marker(rundir, path, StageStamp, "stage stamp", problems)
     return dict(sorted(stamps.items()))
 
 
 def _check_bookkeeping(rundir: RunDir, sizes: dict[str, int]) -> list[Problem]:
-    """run.json, the plan and the manifest: not checksummed by any marker, but each must be
-    readable (resume needs run.json; the manifest is derived: `speechmed manifest` rewrites it)."""
+    """run.json and the plan: not checksummed by any marker, but each must be readable
+    (resume needs run.json)."""
     problems = []
     if rundir.abs(RUN_JSON) in sizes:
         _, why = _read(rundir, rundir.abs(RUN_JSON), RunInfo)
@@ -175,27 +193,27 @@ def _check_bookkeeping(rundir: RunDir, sizes: dict[str, int]) -> list[Problem]:
             json.loads(rundir.read_bytes_rel(PLAN_JSON))
         except ValueError as exc:
             problems.append(Problem(PLAN_JSON, f"unreadable: {exc}"))
-    if rundir.abs(MANIFEST) in sizes:
-        try:
-            table = pq.read_table(rundir.abs(MANIFEST), filesystem=rundir.loc.fs)
-        except (OSError, ValueError) as exc:
-            problems.append(Problem(MANIFEST, f"unreadable (`speechmed manifest` writes it again): {exc}"))
-        else:
-            if not table.schema.equals(MANIFEST_SCHEMA, check_metadata=False):
-                problems.append(Problem(MANIFEST, "not a manifest's columns (`speechmed manifest` writes it again)"))
-            else:
-                problems += _check_manifest_rows(rundir, table.to_pylist())
     return problems
 
 
-def _check_manifest_rows(rundir: RunDir, rows: list[dict]) -> list[Problem]:
-    """The manifest's rows against the commit markers it was built from (it has no checksum
-    of its own: it is derived, so it is compared with what it derives from). Parts committed
-    after it was written (a run stopped before its end writes none) are not missing; a row
-    that disagrees with its marker, has none, or is absent although older than the newest
-    row, is a problem."""
-    stages = list(dict.fromkeys(row["stage"] for row in rows))
-    expected = {(r["stage"], r["shard"], r["part"]): r for r in build_manifest(rundir, stages).to_pylist()}
+def _check_manifest(rundir: RunDir, sizes: dict[str, int], stages: dict[str, _Stage]) -> list[Problem]:
+    """The manifest, if there is one: readable, a manifest's columns, and its rows as the
+    markers verify read give them (it has no checksum of its own: it is derived, so it is
+    compared with what it derives from; `speechmed manifest` rewrites it). Parts committed
+    after it was written are not missing; a row that disagrees with its marker, has none,
+    or is absent although older than the newest row, is a problem."""
+    if rundir.abs(MANIFEST) not in sizes:
+        return []
+    try:
+        table = pq.read_table(rundir.abs(MANIFEST), filesystem=rundir.loc.fs)
+    except (OSError, ValueError) as exc:
+        return [Problem(MANIFEST, f"unreadable (`speechmed manifest` writes it again): {exc}")]
+    if not table.schema.equals(MANIFEST_SCHEMA, check_metadata=False):
+        return [Problem(MANIFEST, "not a manifest's columns (`speechmed manifest` writes it again)")]
+    rows = table.to_pylist()
+    listed = dict.fromkeys(row["stage"] for row in rows)
+    expected = {(r["stage"], r["shard"], r["part"]): r for stage in listed if stage in stages
+                for r in manifest_rows(stage, stages[stage].commits, stages[stage].sealed)}
     newest = max((row["committed_at"] for row in rows), default=0.0)
     fix = "(`speechmed manifest` writes it again from the markers)"
     problems, seen = [], set()
